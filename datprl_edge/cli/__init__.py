@@ -1,0 +1,1 @@
+"""Command-line interface. Each sub-command lives in its own module with `register(subparsers)`."""

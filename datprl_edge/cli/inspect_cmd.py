@@ -1,0 +1,5 @@
+"""Placeholder: this command is being written."""
+
+
+def register(subparsers):
+    pass

@@ -1,0 +1,63 @@
+"""`datprl-edge` entry point: builds the parser from the command modules and maps errors to exit 2.
+
+Command modules must stay cheap to import (no torch, no backends at module level): `bench` and
+`restore` on exported artifacts run on devices without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from .. import __version__
+from ..errors import DatprlEdgeError
+
+# Order is the order of `--help`; each module defines register(subparsers).
+COMMAND_MODULES = (
+    "zoo_cmd",
+    "inspect_cmd",
+    "restore_cmd",
+    "tasks_cmd",
+    "data_cmd",
+    "calib_cmd",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="datprl-edge",
+        description="Distil, fold, quantize, export and benchmark DATPRL-IR image restoration for edge devices.",
+    )
+    parser.add_argument("--version", action="version", version=f"datprl-edge {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__package__}.{name}").register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("DATPRL_EDGE_DEBUG") == "1"
+    try:
+        code = args.func(args)
+    except DatprlEdgeError as e:
+        if debug:
+            raise
+        print(f"datprl-edge: error: {one_line(e)}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("datprl-edge: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+def one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Model zoo: the full DATPRL-IR architectures (teachers) and the compact edge students."""
