@@ -99,6 +99,10 @@ class VerificationError(DatprlEdgeError):
     """A converted model (fold, export) does not reproduce its reference closely enough."""
 
 
+class ArtifactError(DatprlEdgeError):
+    """An exported artifact (.onnx, OpenVINO .xml, .mlpackage) is missing parts or cannot be read."""
+
+
 def _few(items, n=3) -> str:
     shown = ", ".join(str(i) for i in items[:n])
     return shown + (", ..." if len(items) > n else "")

@@ -106,7 +106,8 @@ def read_state_dict(path) -> dict:
         try:
             return load_file(str(path))
         except Exception as e:
-            raise CheckpointError(f"{path} is not a readable safetensors file: {str(e).splitlines()[0]}") from None
+            reason = str(e).splitlines()[0]
+            raise CheckpointError(f"{path} is not a readable safetensors file: {reason}") from None
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -34,7 +34,8 @@ class PromptPool(nn.Module):
         super().__init__()
         if not 1 <= top_k <= pool_size:
             raise ValueError(f"top_k must be in 1..pool_size ({pool_size}), got {top_k}")
-        self.pool_size, self.prompt_dim, self.num_tokens, self.top_k = pool_size, prompt_dim, num_tokens, top_k
+        self.pool_size, self.prompt_dim = pool_size, prompt_dim
+        self.num_tokens, self.top_k = num_tokens, top_k
         self.prompt_keys = nn.Parameter(torch.randn(pool_size, prompt_dim) * 0.02)
         self.prompt_values = nn.Parameter(torch.randn(pool_size, num_tokens, prompt_dim) * 0.02)
         self.temperature = nn.Parameter(torch.tensor(1.0))
