@@ -27,6 +27,7 @@ def atomic_path(dest, *, overwrite: bool = True, protect=()):
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=f".partial{dest.suffix}", dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the user's usual mode
     try:
         yield tmp
         os.replace(tmp, dest)
@@ -43,6 +44,7 @@ def atomic_dir(dest, *, overwrite: bool = False):
         raise OutputExistsError(f"{dest} exists; pass --overwrite or choose another output")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if dest.exists():
@@ -66,6 +68,12 @@ def write_bytes_atomic(dest, data: bytes) -> Path:
 
 def write_text_atomic(dest, text: str) -> Path:
     return write_bytes_atomic(dest, text.encode("utf-8"))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def check_not_input(dest, inputs) -> None:

@@ -1,0 +1,1 @@
+"""Data: the bundled real images (samples), degradations, datasets and calibration sets."""
