@@ -15,9 +15,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/datprl-edge zoo
+	$(VENV)/bin/datprl-edge pipeline --recipe quick
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check datprl_edge tests benchmarks calibration export
+	$(VENV)/bin/ruff check datprl_edge tests benchmarks
 
 test: lint
 	$(PY) -m pytest

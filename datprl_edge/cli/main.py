@@ -22,13 +22,22 @@ COMMAND_MODULES = (
     "tasks_cmd",
     "data_cmd",
     "calib_cmd",
+    "fold_cmd",
+    "qat_cmd",
+    "train_cmd",
+    "distill_cmd",
+    "export_cmd",
+    "bench_cmd",
+    "eval_cmd",
+    "report_cmd",
+    "pipeline_cmd",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="datprl-edge",
-        description="Distil, fold, quantize, export and benchmark DATPRL-IR image restoration for edge devices.",
+        description="Distil, fold, quantize, export and benchmark DATPRL-IR restoration for edge devices.",
     )
     parser.add_argument("--version", action="version", version=f"datprl-edge {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -52,6 +61,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("datprl-edge: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away; stop quietly like other Unix tools.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return int(code or 0)
 
 

@@ -77,9 +77,9 @@ def to_model_array(raw: np.ndarray, name: str = "array") -> np.ndarray:
     if raw.shape[0] == 0 or raw.shape[1] == 0:
         raise ImageReadError(f"{name} is empty (shape {tuple(raw.shape)})")
     if raw.dtype == np.uint8:
-        return raw.astype(np.float32) / 255.0
+        return _scaled(raw, 255.0)
     if raw.dtype == np.uint16:
-        return raw.astype(np.float32) / 65535.0
+        return _scaled(raw, 65535.0)
     if raw.dtype == np.float32:
         if not np.isfinite(raw).all():
             bad = int((~np.isfinite(raw)).sum())
@@ -108,14 +108,20 @@ def from_model_array(array: np.ndarray, info: ImageInfo) -> np.ndarray:
         arr = arr.mean(axis=2, keepdims=True)
     elif info.channels == 3 and arr.shape[2] == 1:
         arr = np.repeat(arr, 3, axis=2)
-    arr = np.clip(arr, 0.0, 1.0)
-    if info.dtype == "uint8":
-        out = np.rint(arr * 255.0).astype(np.uint8)
-    elif info.dtype == "uint16":
-        out = np.rint(arr * 65535.0).astype(np.uint16)
+    if info.dtype in ("uint8", "uint16"):  # one float temporary, changed in place (large images)
+        top = 255.0 if info.dtype == "uint8" else 65535.0
+        tmp = np.multiply(arr, top, dtype=np.float32)
+        np.clip(tmp, 0.0, top, out=tmp)
+        out = np.rint(tmp, out=tmp).astype(info.dtype)
     else:
-        out = arr.astype(np.float32)
+        out = np.clip(arr, 0.0, 1.0).astype(np.float32, copy=False)
     return out.reshape(out.shape[0], out.shape[1], *info.shape[2:])
+
+
+def _scaled(raw: np.ndarray, top: float) -> np.ndarray:
+    x = raw.astype(np.float32)
+    x /= top
+    return x
 
 
 def write_image(path, array: np.ndarray, info: ImageInfo, *, overwrite: bool = True, protect=()) -> Path:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from ..errors import UnknownArchitectureError, UnknownChoiceError
 
 # Modules that register architectures and named models when imported.
-_BUILTIN_MODULES = ("restormer", "nafnet", "student")
+_BUILTIN_MODULES = ("restormer", "nafnet", "student", "quantized", "folded", "folded_teacher")
 
 _ARCHS: dict[str, Callable] = {}
 _MODELS: dict[str, ModelSpec] = {}

@@ -1,0 +1,83 @@
+"""Where the time goes in an OpenVINO artifact: per-layer performance counters, summed by layer
+type and by the kernel OpenVINO picked (exec type, e.g. `brgconv_avx512_I8` vs `..._FP32`).
+
+    python benchmarks/profile_openvino.py ARTIFACT.xml [--shape 256x256] [--iters 5] [--threads N]
+
+numpy + openvino only. Compiled as the benchmark compiles it (INFERENCE_PRECISION_HINT f32) plus
+PERF_COUNT. Prints JSON; `profile(...)` returns the same dict for the headline suites.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+
+
+def profile(path: str, shape=(256, 256), iters: int = 5, threads: int | None = None, top: int = 12) -> dict:
+    import numpy as np
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(path)
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": True,
+              "INFERENCE_NUM_THREADS": threads or _cpus()}
+    compiled = core.compile_model(model, "CPU", config)
+    request = compiled.create_infer_request()
+    x = np.random.default_rng(0).random((1, 3, *shape), dtype=np.float32)
+    request.infer({0: x})  # first run: one-off allocations
+    by_type: collections.Counter = collections.Counter()
+    by_exec: collections.Counter = collections.Counter()
+    by_layer: collections.Counter = collections.Counter()
+    layer_info = {}
+    for _ in range(iters):
+        request.infer({0: x})
+        for p in request.get_profiling_info():
+            if p.status != p.Status.EXECUTED:
+                continue
+            us = p.real_time.total_seconds() * 1e6
+            by_type[p.node_type] += us
+            by_exec[p.exec_type] += us
+            by_layer[p.node_name] += us
+            layer_info[p.node_name] = (p.node_type, p.exec_type)
+    total = sum(by_type.values())
+
+    def table(counter, n):
+        return [{"name": k, "ms": round(v / iters / 1e3, 3), "share": round(v / total, 4)}
+                for k, v in counter.most_common(n)]
+
+    int8_share = sum(v for k, v in by_exec.items() if any(t in k.lower() for t in ("i8", "u8"))) / total
+    return {
+        "artifact": os.path.basename(path),
+        "shape": list(shape),
+        "iterations": iters,
+        "sum_of_layers_ms": round(total / iters / 1e3, 3),
+        "int8_kernel_time_share": round(int8_share, 4),
+        "by_layer_type": table(by_type, top),
+        "by_kernel": table(by_exec, top),
+        "slowest_layers": [dict(row, type=layer_info[row["name"]][0], kernel=layer_info[row["name"]][1])
+                           for row in table(by_layer, top)],
+        "compiled_with": {k: str(v) for k, v in config.items()},
+    }
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("artifact")
+    p.add_argument("--shape", default="256x256")
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--threads", type=int)
+    args = p.parse_args(argv)
+    h, w = (int(v) for v in args.shape.lower().split("x"))
+    print(json.dumps(profile(args.artifact, (h, w), args.iters, args.threads), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Per-task PSNR of the bundled student: FP32, PTQ and QAT (torch fake-quant) for each target's scheme.
+
+    .venv/bin/python benchmarks/qat_accuracy.py [--steps 600] [--ship]
+
+For every target (onnx, openvino, coreml) it runs `datprl_edge.qat.run_qat` twice on the same
+calibration recipe: 0 steps (PTQ: calibration only) and --steps QAT steps distilled from the FP32
+model, then measures PSNR on the fixed validation pairs (`validation_set`, 'val' split) of every
+recipe task. Writes benchmarks/results/qat_accuracy.json; --ship also writes the QAT results as
+datprl_edge/weights/edge-xs-int8-<target>.safetensors (what `export --precision int8` uses).
+Without bundled:edge-xs the numbers are for a randomly initialised edge-xs and are marked so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+WEIGHTS = ROOT / "datprl_edge" / "weights"
+OUT = ROOT / "benchmarks" / "results" / "qat_accuracy.json"
+
+
+def student(path=None):
+    """(model, description, placeholder): `path`, else bundled:edge-xs, else a random edge-xs."""
+    import torch
+
+    from datprl_edge.models.loading import load_model
+    from datprl_edge.models.registry import create_model
+
+    if path:
+        model = load_model(path)
+        cmd = getattr(model, "datprl_checkpoint", None)
+        cmd = cmd.provenance.get("command", "") if cmd is not None else ""
+        return model, f"{path} (NOT the bundled student; made by: {cmd or 'unknown'})", True
+    if (WEIGHTS / "edge-xs.safetensors").is_file():
+        return load_model("bundled:edge-xs"), "bundled:edge-xs", False
+    torch.manual_seed(0)
+    return create_model("edge-xs"), "edge-xs random init (PLACEHOLDER: bundled:edge-xs not shipped yet)", True
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="a student checkpoint instead of bundled:edge-xs (marked as placeholder)")
+    ap.add_argument("--targets", default="onnx,openvino,coreml")
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--lr", type=float, default=2e-5)
+    ap.add_argument("--gt-weight", type=float, default=None, help="QATConfig.gt_weight (default: its own)")
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--crop", type=int, default=64)
+    ap.add_argument("--calib", default="all", help="calibration recipe")
+    ap.add_argument("--val-count", type=int, default=4)
+    ap.add_argument("--val-size", type=int, default=128)
+    ap.add_argument("--max-drop", type=float, default=None, help="also run the sensitivity search")
+    ap.add_argument("--ship", action="store_true", help="write weights/edge-xs-int8-<target>.safetensors")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="merge per-target result files into --output")
+    ap.add_argument("-o", "--output", default=str(OUT))
+    args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.output)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from datprl_edge.cli.qat_cmd import _calibration, _search_pairs, _validation
+    from datprl_edge.io.atomic import write_text_atomic
+    from datprl_edge.qat import QATConfig, run_qat, save_qat
+    from datprl_edge.qat_train import evaluate
+
+    torch.manual_seed(0)
+    model, model_desc, placeholder = student(args.model)
+    calib, tasks = _calibration(args.calib)
+    val = _validation(tasks, args.val_count, args.val_size)
+    multiple = int(model.pad_multiple)
+    fp32 = evaluate(model, val, multiple)
+    report = {
+        "model": model_desc, "placeholder": placeholder, "calibration": args.calib,
+        "calibration_pairs": len(calib), "validation": f"validation_set(task, count={args.val_count}, "
+                                                       f"size={args.val_size}, seed=0), 'val' split",
+        "metric": "PSNR (dB), skimage.metrics.peak_signal_noise_ratio, data_range 1, output clipped to [0,1]",
+        "int8_numerics": "torch fake-quant (the prepared QAT module)",
+        "settings": {"steps": args.steps, "lr": args.lr, "batch_size": args.batch_size, "crop": args.crop,
+                     "max_drop": args.max_drop, "gt_weight": args.gt_weight},
+        "command": "python benchmarks/qat_accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "env": {"python": platform.python_version(), "torch": torch.__version__,
+                "cpu_threads": torch.get_num_threads()},
+        "fp32": fp32, "targets": {},
+    }
+    for target in [t.strip() for t in args.targets.split(",") if t.strip()]:
+        row = {}
+        for name, steps in (("ptq", 0), ("qat", args.steps)):
+            extra = {} if args.gt_weight is None else {"gt_weight": args.gt_weight}
+            cfg = QATConfig(target=target, steps=steps, lr=args.lr, batch_size=args.batch_size,
+                            crop=args.crop, max_drop=args.max_drop if name == "qat" else None, **extra)
+            t0 = time.time()
+            search = _search_pairs(tasks, args.val_count, args.val_size) if cfg.max_drop is not None else None
+            result = run_qat(model, cfg, calib, val=val, search_val=search,
+                             log=lambda m, t=target, n=name: print(f"[{t} {n}] {m}", flush=True))
+            m = result.metrics
+            row[name] = {"psnr": m["psnr_int8"], "drop_db": m["drop_db"],
+                         "seconds": round(time.time() - t0, 1), "float_layers": list(result.float_layers)}
+            if "sensitivity" in m:
+                row[name]["sensitivity"] = m["sensitivity"]
+            d = m["drop_db"]
+            print(f"{target} {name}: worst drop {d['worst']:+.3f} dB, mean {d['mean']:+.3f} dB", flush=True)
+        row["stack"], row["scheme"] = result.scheme["stack"], result.scheme
+        row["qat_within_0.1db_every_task"] = row["qat"]["drop_db"]["worst"] <= 0.1
+        report["targets"][target] = row
+        if args.ship and not placeholder:
+            path = save_qat(result, WEIGHTS / f"edge-xs-int8-{target}.safetensors",
+                            {"command": report["command"], "source": "bundled:edge-xs",
+                             "calibration": args.calib})
+            row["shipped"] = str(path.relative_to(ROOT))
+        write_text_atomic(args.output, json.dumps(report, indent=2) + "\n")
+    print(table(report))
+    return 0
+
+
+def merge(paths, output) -> int:
+    """One report from runs of single targets (same model, data and settings)."""
+    from datprl_edge.io.atomic import write_text_atomic
+
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    out = dict(reports[0], targets={}, command=[r["command"] for r in reports])
+    for r in reports:
+        for key in ("model", "calibration", "validation", "settings", "fp32"):
+            if r[key] != out[key]:
+                raise SystemExit(f"cannot merge: {key} differs between runs")
+        out["targets"].update(r["targets"])
+    write_text_atomic(output, json.dumps(out, indent=2) + "\n")
+    print(table(out))
+    return 0
+
+
+def table(report) -> str:
+    tasks = list(report["fp32"])
+    heads = ["task", "FP32"] + [f"{t} {k}" for t in report["targets"] for k in ("PTQ", "QAT")]
+    rows = [heads]
+    for task in tasks:
+        r = [task, f"{report['fp32'][task]:.2f}"]
+        for row in report["targets"].values():
+            r += [f"{row['ptq']['psnr'][task]:.2f}", f"{row['qat']['psnr'][task]:.2f}"]
+        rows.append(r)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(heads))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The environment fingerprint recorded with every benchmark: CPU, cores, memory, OS, versions.
+
+Standard library only (psutil when installed), so it runs on devices without torch.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGES = ("datprl-edge", "numpy", "onnxruntime", "openvino", "coremltools", "scikit-image", "torch")
+# CPU features that decide which kernels the runtimes pick (bf16/int8 dot products, AVX-512).
+CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
+             "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "neon", "asimd", "sve")
+
+
+def environment() -> dict:
+    """A fingerprint of this machine; keys with unknown values hold None."""
+    cpu = cpu_info()
+    return {
+        "cpu_model": cpu["model"],
+        "cpu_flags": cpu["flags"],
+        "physical_cores": cpu["physical_cores"],
+        "logical_cpus": os.cpu_count(),
+        "available_cpus": available_cpus(),
+        "cgroup_cpu_quota": cgroup_cpu_quota(),
+        "memory_total_mb": memory_total_mb(),
+        "os": platform.platform(),
+        "machine": platform.machine(),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "versions": package_versions(),
+        "load_average": load_average(),
+    }
+
+
+def available_cpus() -> int | None:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count()
+
+
+def default_threads() -> int:
+    """All cores this process may use."""
+    return max(1, available_cpus() or 1)
+
+
+def load_average() -> list | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def package_versions(names=PACKAGES) -> dict:
+    out = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def cpu_info() -> dict:
+    info = {"model": None, "flags": [], "physical_cores": None}
+    cpuinfo = _read("/proc/cpuinfo")
+    if cpuinfo:
+        cores, flags = set(), set()
+        phys = core = None
+        for line in cpuinfo.splitlines():
+            key, _, value = line.partition(":")
+            key, value = key.strip(), value.strip()
+            if key in ("model name", "Model", "Hardware") and not info["model"]:
+                info["model"] = value
+            elif key in ("flags", "Features"):
+                flags.update(value.split())
+            elif key == "physical id":
+                phys = value
+            elif key == "core id":
+                core = value
+            elif not key and core is not None:
+                cores.add((phys, core))
+                phys = core = None
+        if core is not None:
+            cores.add((phys, core))
+        info["flags"] = [f for f in CPU_FLAGS if f in flags]
+        info["physical_cores"] = len(cores) or None
+    elif sys.platform == "darwin":
+        info["model"] = _sysctl("machdep.cpu.brand_string")
+        cores = _sysctl("hw.physicalcpu")
+        info["physical_cores"] = int(cores) if cores and cores.isdigit() else None
+        if platform.machine() == "arm64":
+            info["flags"] = ["neon"]
+    if not info["model"]:
+        info["model"] = platform.processor() or None
+    if info["physical_cores"] is None:
+        try:
+            import psutil
+
+            info["physical_cores"] = psutil.cpu_count(logical=False)
+        except ImportError:
+            pass
+    return info
+
+
+def memory_total_mb() -> int | None:
+    meminfo = _read("/proc/meminfo")
+    for line in (meminfo or "").splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) // 1024
+    if sys.platform == "darwin":
+        value = _sysctl("hw.memsize")
+        return int(value) // (1024 * 1024) if value and value.isdigit() else None
+    return None
+
+
+def cgroup_cpu_quota() -> float | None:
+    """CPUs allowed by a cgroup v2 quota (containers), None when unlimited or unknown."""
+    text = _read("/sys/fs/cgroup/cpu.max")
+    if not text:
+        return None
+    quota, _, period = text.strip().partition(" ")
+    if quota == "max" or not period:
+        return None
+    try:
+        return round(int(quota) / int(period), 2)
+    except ValueError:
+        return None
+
+
+def _read(path) -> str | None:
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def _sysctl(name) -> str | None:
+    try:
+        out = subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None

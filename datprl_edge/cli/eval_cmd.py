@@ -1,0 +1,69 @@
+"""`datprl-edge eval`: PSNR/SSIM per task of artifacts or models, and the drop against a reference."""
+
+from __future__ import annotations
+
+import shlex
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "eval",
+        help="PSNR/SSIM per task (skimage.metrics), and the drop against a reference model",
+        description="Score exported artifacts (.onnx, OpenVINO .xml, .mlpackage on macOS) or models "
+                    "(checkpoints, bundled:NAME) per task with PSNR and SSIM from skimage.metrics. Data: "
+                    "the fixed validation pairs of each task (--data val, the default) or a folder with "
+                    "gt/ and lq/ (or one such pair of folders per task, e.g. DIR/medical/ct_denoise/gt). "
+                    "With --reference, each model's drop against it is reported. Artifacts run without "
+                    "torch.",
+    )
+    p.add_argument("models", nargs="+", metavar="ARTIFACT_OR_MODEL", help="artifacts or models to score")
+    p.add_argument("--data", default="val", metavar="val|DIR", help="validation pairs (default) or a folder")
+    p.add_argument("--task", action="append", metavar="ID",
+                   help="task id or set (9task, natural5, all); repeatable. Default: an artifact's folded "
+                        "task, else 9task (or every task folder under DIR)")
+    p.add_argument("--reference", metavar="MODEL", help="report each model's PSNR/SSIM drop against this one")
+    p.add_argument("--network", metavar="CFG", help="YAML/JSON with the network_g block of a released .pth")
+    p.add_argument("--count", type=int, default=8, metavar="N", help="validation pairs per task (8)")
+    p.add_argument("--size", type=int, default=256, metavar="PX", help="validation crop size (256)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="validation seed (0)")
+    p.add_argument("--json", metavar="OUT", help="write the full report (JSON) here")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+    import sys
+    from pathlib import Path
+
+    from ..errors import ConfigError, OutputExistsError
+    from ..evaluate import EvalConfig, evaluate, summary_lines
+    from ..io.atomic import check_not_input, write_text_atomic
+
+    if args.json:
+        out = Path(args.json)
+        check_not_input(out, args.models + ([args.reference] if args.reference else []))
+        if out.exists() and not args.overwrite:
+            raise OutputExistsError(f"{out} exists; pass --overwrite or choose another output")
+        if out.suffix.lower() != ".json":
+            raise ConfigError(f"--json takes a .json path, got {out}")
+    tasks = [t.strip() for item in args.task or [] for t in item.split(",") if t.strip()] or None
+    config = EvalConfig(data=args.data, tasks=tasks, count=args.count, size=args.size, seed=args.seed,
+                        reference=args.reference, network=args.network)
+    report = evaluate(args.models, config, command=_command(args), progress=sys.stderr.isatty())
+    print("\n".join(summary_lines(report)))
+    if args.json:
+        write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _command(args) -> str:
+    parts = ["datprl-edge", "eval", *args.models, "--data", args.data]
+    for t in args.task or []:
+        parts += ["--task", t]
+    for flag in ("reference", "network", "count", "size", "seed", "json"):
+        value = getattr(args, flag)
+        if value is not None:
+            parts += [f"--{flag}", str(value)]
+    return shlex.join(parts)

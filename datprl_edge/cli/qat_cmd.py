@@ -1,0 +1,130 @@
+"""`datprl-edge qat`: INT8 quantization-aware training (or PTQ with --steps 0) for one target."""
+
+from __future__ import annotations
+
+TARGETS = ("onnx", "openvino", "coreml")
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "qat", help="INT8 quantization-aware training for a target (distilled from the FP32 model)",
+        description="Quantize MODEL to INT8 with TARGET's quantizer (ONNX: torchao PT2E QDQ; OpenVINO: "
+                    "NNCF; Core ML: coremltools LinearQuantizer), calibrate on a recipe, then fine-tune "
+                    "against the FP32 model's (or --teacher's) output. --steps 0 gives the PTQ baseline.")
+    p.add_argument("model", help="toolkit checkpoint (.safetensors) or bundled:NAME")
+    p.add_argument("--target", required=True, help="onnx, openvino or coreml")
+    p.add_argument("--calib", required=True, metavar="RECIPE",
+                   help="calibration recipe (all, drone, medical-scanner, a .toml) or a built set folder")
+    p.add_argument("--teacher", metavar="CKPT", help="distil from this model instead of the FP32 input model")
+    p.add_argument("--steps", type=int, default=300,
+                   help="QAT steps (0 = post-training quantization); default 300")
+    p.add_argument("--max-drop", type=float, metavar="DB",
+                   help="keep the most sensitive layers in float until the worst-task PSNR drop is <= DB")
+    p.add_argument("--float-layers", default="", metavar="L1,L2",
+                   help="layers to keep in float (module names)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--crop", type=int, default=64, help="training crop size (multiple of 8); default 64")
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-count", type=int, default=4,
+                   help="validation pairs per recipe task for the PSNR report and --max-drop "
+                        "(0: held-out calibration pairs)")
+    p.add_argument("--val-size", type=int, default=128, help="validation crop size; default 128")
+    p.add_argument("--resume-dir", metavar="DIR", help="save resumable state here and resume from it")
+    p.add_argument("--checkpoint-every", type=int, default=50,
+                   help="steps between resumable saves (with --resume-dir)")
+    p.add_argument("-o", "--output", required=True, help="output QAT checkpoint (.safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from ..errors import ConfigError, OutputExistsError, UnknownChoiceError
+    from ..io.atomic import check_not_input
+
+    if args.target not in TARGETS:
+        raise UnknownChoiceError("target", args.target, TARGETS)
+    out = Path(args.output)
+    if out.suffix.lower() != ".safetensors":
+        raise ConfigError(f"the QAT output is a .safetensors checkpoint, got {out.name}")
+    inputs = [p for p in (args.model, args.teacher) if p and not str(p).startswith("bundled:")]
+    check_not_input(out, inputs)
+    if out.exists() and not args.overwrite:
+        raise OutputExistsError(f"{out} exists; pass --overwrite or choose another output")
+
+    from ..checkpoint import sha256_file
+    from ..models.loading import BUNDLED_PREFIX, bundled_path, load_model
+    from ..qat import QATConfig, run_qat, save_qat
+
+    config = QATConfig(target=args.target, steps=args.steps, batch_size=args.batch_size, crop=args.crop,
+                       lr=args.lr, float_layers=args.float_layers, max_drop=args.max_drop, seed=args.seed,
+                       checkpoint_every=args.checkpoint_every)
+    model = load_model(args.model)
+    teacher = load_model(args.teacher) if args.teacher else None
+    calib, tasks = _calibration(args.calib)
+    val = _validation(tasks, args.val_count, args.val_size) if args.val_count else None
+    searching = args.max_drop is not None and val
+    search = _search_pairs(tasks, args.val_count, args.val_size) if searching else None
+    result = run_qat(model, config, calib, teacher=teacher, val=val, search_val=search,
+                     state_dir=args.resume_dir,
+                     log=lambda msg: print(f"[qat] {msg}", flush=True))
+    bundled = args.model.startswith(BUNDLED_PREFIX)
+    src = bundled_path(args.model[len(BUNDLED_PREFIX):]) if bundled else Path(args.model)
+    provenance = {"command": "qat", "source": str(args.model), "source_sha256": sha256_file(src),
+                  "calibration": args.calib, "teacher": args.teacher or ""}
+    save_qat(result, out, provenance)
+    print(summary(result, out))
+    return 0
+
+
+def _calibration(recipe: str):
+    """Calibration pairs of a recipe (name or .toml) or of a built set folder, and its task ids."""
+    from ..errors import ConfigError
+
+    try:
+        from ..data.calib import calibration_items
+    except ImportError:
+        raise ConfigError("calibration recipes need datprl_edge.data.calib, which this install lacks") \
+            from None
+    items = calibration_items(recipe)
+    return items, list(dict.fromkeys(it["task"] for it in items))
+
+
+def _validation(tasks, count: int, size: int) -> dict:
+    """The fixed validation pairs ('val' split) of the recipe's tasks."""
+    from ..data.datasets import validation_set
+
+    return {t: validation_set(t, count=count, size=size).tensors() for t in tasks}
+
+
+def _search_pairs(tasks, count: int, size: int) -> dict:
+    """Pairs of the 'train' images (seed 1) for the sensitivity search, apart from the reported ones."""
+    import numpy as np
+    import torch
+
+    from ..data.pairs import fixed_pairs
+
+    out = {}
+    for t in tasks:
+        pairs = fixed_pairs(t, count, size, seed=1, split="train")
+        lq = np.stack([p.lq.transpose(2, 0, 1) for p in pairs]).astype(np.float32)
+        gt = np.stack([p.gt.transpose(2, 0, 1) for p in pairs]).astype(np.float32)
+        out[t] = (torch.from_numpy(lq), torch.from_numpy(gt))
+    return out
+
+
+def summary(result, out) -> str:
+    m = result.metrics
+    lines = [f"wrote {out}", f"target {result.target}: {result.scheme['stack']}; {result.source}",
+             f"float layers: {', '.join(result.float_layers) or 'none'} (plus the prompt path, by design)"]
+    if "psnr_fp32" in m:
+        rows = [("task", "FP32 dB", "INT8 dB", "drop dB")]
+        for task, ref in m["psnr_fp32"].items():
+            q = m["psnr_int8"][task]
+            rows.append((task, f"{ref:.2f}", f"{q:.2f}", f"{ref - q:+.3f}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines.append(f"worst-task drop {m['drop_db']['worst']:+.3f} dB ({m.get('val_source', '')})")
+    return "\n".join(lines)

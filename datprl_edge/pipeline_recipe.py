@@ -1,0 +1,153 @@
+"""Pipeline recipes (`recipes/*.toml`): which teacher and student, and the settings of every stage.
+
+Sections: teacher, distill, calibration, fold, qat, export, bench, eval, visuals, report. Missing
+keys take the defaults below; unknown sections or keys are refused with the known ones listed.
+Relative paths in a recipe resolve against the recipe's own folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+from .errors import ConfigError, InputNotFoundError, UnknownChoiceError
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+DEFAULT_RECIPE = "quick"
+
+DEFAULTS: dict = {
+    "teacher": {"checkpoint": "bundled:teacher-ref", "network": ""},
+    "distill": {"mode": "bundled", "student": "bundled:edge-xs", "data": "synthetic:9task"},
+    "calibration": {"recipe": "all"},
+    "fold": {"mode": "dynamic", "images": 1, "crop": 64, "min_psnr_db": 60.0},
+    "qat": {"steps": 300, "batch_size": 4, "crop": 64},
+    "export": {"targets": ["onnx", "openvino", "coreml"], "precisions": ["fp32", "fp16", "int8"],
+               "verify_images": 2, "verify_size": "100x124", "tile_size": 256, "tile_overlap": 16},
+    "bench": {"shapes": ["256x256"], "iters": 0, "seconds": 3.0, "warmup": 3, "threads": 0,
+              "compute_units": ["ALL"]},
+    "eval": {"tasks": ["9task"], "count": 8, "size": 256, "seed": 0},
+    "visuals": {"size": 256, "seed": 0},
+    "report": {"budget_ms": "none", "max_drop": 0.5},
+}
+DISTILL_MODES = ("bundled", "train")
+FOLD_MODES = ("dynamic", "none")
+# Keys passed on to the stage's own config class (checked there, with its messages).
+_PASS_THROUGH = {"distill": "train", "qat": "qat"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    seed: int
+    sections: dict
+    path: Path | None = None
+
+    def __getitem__(self, section: str) -> dict:
+        return self.sections[section]
+
+    def resolve(self, value: str) -> str:
+        """A path from the recipe relative to its folder; names (bundled:X, recipe names) as they are."""
+        if not value or str(value).startswith("bundled:") or self.path is None:
+            return value
+        p = Path(value)
+        if p.is_absolute():
+            return str(p)
+        candidate = self.path.parent / p
+        return str(candidate) if candidate.exists() or p.suffix else value
+
+
+def find_recipe(name_or_path) -> Path:
+    p = Path(str(name_or_path))
+    if p.suffix == ".toml" or p.exists():
+        if not p.is_file():
+            raise InputNotFoundError(f"recipe not found: {p}")
+        return p
+    candidate = RECIPES_DIR / f"{name_or_path}.toml"
+    if candidate.is_file():
+        return candidate
+    known = sorted(q.stem for q in RECIPES_DIR.glob("*.toml")) if RECIPES_DIR.is_dir() else []
+    raise UnknownChoiceError("pipeline recipe", str(name_or_path), known or ["(none installed)"])
+
+
+def load_recipe(name_or_path=DEFAULT_RECIPE) -> Recipe:
+    path = find_recipe(name_or_path)
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"cannot parse {path.name}: {e}") from None
+    return parse_recipe(data, path)
+
+
+def parse_recipe(data: dict, path: Path | None = None) -> Recipe:
+    where = path.name if path else "recipe"
+    data = dict(data)
+    name = str(data.pop("name", path.stem if path else "recipe"))
+    description = str(data.pop("description", ""))
+    seed = data.pop("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"{where}: seed must be an integer >= 0, got {seed!r}")
+    unknown = sorted(set(data) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {', '.join(unknown)}; known: name, description, "
+                          f"seed, {', '.join(DEFAULTS)}")
+    sections = copy.deepcopy(DEFAULTS)
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: [{section}] must be a table of settings")
+        allowed = set(DEFAULTS[section]) | _extra_keys(section)
+        bad = sorted(set(values) - allowed)
+        if bad:
+            raise ConfigError(f"{where}: [{section}] has unknown key(s) {', '.join(bad)}; known: "
+                              f"{', '.join(sorted(allowed))}")
+        sections[section].update(values)
+    _check(sections, where)
+    return Recipe(name, description, seed, sections, path)
+
+
+def _extra_keys(section: str) -> set:
+    kind = _PASS_THROUGH.get(section)
+    if kind == "train":
+        from .train.config import DistillConfig
+
+        return {f.name for f in dataclasses.fields(DistillConfig)}
+    if kind == "qat":
+        from .qat import QATConfig
+
+        return {f.name for f in dataclasses.fields(QATConfig)} - {"target"}
+    return set()
+
+
+def _check(s: dict, where: str) -> None:
+    from .targets import PRECISIONS, parse_targets
+
+    if s["distill"]["mode"] not in DISTILL_MODES:
+        raise UnknownChoiceError(f"{where}: [distill] mode", str(s["distill"]["mode"]), DISTILL_MODES)
+    if s["fold"]["mode"] not in FOLD_MODES:
+        raise UnknownChoiceError(f"{where}: [fold] mode", str(s["fold"]["mode"]), FOLD_MODES)
+    s["export"]["targets"] = [t.name for t in parse_targets(list(s["export"]["targets"]))]
+    for p in s["export"]["precisions"]:
+        if p not in PRECISIONS:
+            raise UnknownChoiceError(f"{where}: [export] precision", str(p), PRECISIONS)
+    for section, key in (("eval", "count"), ("eval", "size"), ("visuals", "size"), ("bench", "warmup")):
+        v = s[section][key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if key == "warmup" else 1):
+            raise ConfigError(f"{where}: [{section}] {key} must be a positive integer, got {v!r}")
+    if isinstance(s["eval"]["tasks"], str):
+        s["eval"]["tasks"] = [s["eval"]["tasks"]]
+    for key in ("budget_ms", "max_drop"):
+        v = s["report"][key]
+        if v == "none":
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (key == "budget_ms" and v == 0):
+            raise ConfigError(f"{where}: [report] {key} must be a positive number or \"none\", got {v!r}")
+
+
+def report_limit(value):
+    """A [report] limit as a number, or None for "none"."""
+    return None if value == "none" else float(value)

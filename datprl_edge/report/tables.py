@@ -1,0 +1,205 @@
+"""The report's tables as plain data (title, caption, header, rows of text), rendered to HTML and
+Markdown elsewhere. Every cell is a value from the run folder's JSON files, formatted; a figure that
+was not measured is shown as "-" with the reason in the notes column or the caption."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .collect import RunData
+
+
+@dataclasses.dataclass
+class Table:
+    key: str
+    title: str
+    caption: str
+    header: list
+    rows: list  # lists of str
+    numeric: tuple = ()  # column indices aligned right
+
+
+def artifacts_table(run: RunData, shape) -> Table:
+    where = f"{shape[0]}x{shape[1]}" if shape else "-"
+    ref = _reference(run)
+    header = ["artifact", "target", "precision", "size", "export check", f"p50 ms @{where}", "p90 ms",
+              "img/s", "peak RSS MB", "mean PSNR dB", "mean SSIM", f"worst drop dB vs {ref or '-'}", "notes"]
+    rows = []
+    for a in run.artifacts:
+        lat = a.latency(shape) if shape else None
+        notes = []
+        if lat is None and a.eval is None and a.target == "coreml":
+            notes.append("latency and PSNR not measured: Core ML prediction needs macOS")
+        else:
+            if lat is None:
+                notes.append(f"latency not measured: {a.not_measured_reason()}")
+            if a.eval is None:
+                notes.append("PSNR: " + _eval_missing(run, a))
+        if lat and lat.get("tiled"):
+            notes.append(f"tiled {lat['tiled'].get('tiles')}x{lat['tiled'].get('tile')} px")
+        mean = (a.eval or {}).get("mean", {})
+        rows.append([a.name, a.target, a.precision, _size(a.size_bytes), _check(a.export),
+                     _f(lat and lat["latency_ms"]["p50"]), _f(lat and lat["latency_ms"]["p90"]),
+                     _f(lat and lat["throughput"]["images_per_s"], 1), _f(lat and lat.get("peak_rss_mb"), 0),
+                     _f(mean.get("psnr")), _f(mean.get("ssim"), 4), _f(a.worst_drop(), 2, signed=True),
+                     "; ".join(notes)])
+    caption = ("Size: bytes on disk of the artifact's files (export stage). Export check: the artifact run "
+               "in its runtime against the torch reference when the export stage verified it (worst-image "
+               "PSNR), else a structural check only. Latency: the bench stage. PSNR/SSIM: the eval stage, "
+               "means over tasks; worst drop: the largest per-task PSNR loss against the eval reference.")
+    return Table("artifacts", "Artifacts", caption, header, rows, numeric=tuple(range(3, 12)))
+
+
+def latency_table(run: RunData) -> Table:
+    header = ["artifact", "device", "shape", "load s", "first ms", "min ms", "p50 ms", "p90 ms", "p99 ms",
+              "img/s", "peak RSS MB", "iterations", "status"]
+    rows = []
+    for r in (run.bench or {}).get("results", []):
+        device = r.get("device") or r.get("compute_units") or ""
+        shape = "x".join(str(v) for v in r.get("shape", []))
+        if r.get("status") != "ok":
+            rows.append([r.get("artifact", ""), device, shape] + ["-"] * 9
+                        + [f"skipped: {r.get('message', '')}"])
+            continue
+        lat = r["latency_ms"]
+        status = "ok" + (f", tiled {r['tiled']['tiles']} tiles" if r.get("tiled") else "")
+        rows.append([r["artifact"], device, shape, _f(r.get("load_s"), 3), _f(r.get("first_inference_ms"), 1),
+                     _f(lat.get("min")), _f(lat.get("p50")), _f(lat.get("p90")), _f(lat.get("p99")),
+                     _f(r["throughput"]["images_per_s"], 1), _f(r.get("peak_rss_mb"), 0),
+                     str(r.get("iterations", "-")), status])
+    return Table("latency", "Latency (every benchmark result)", bench_caption(run), header, rows,
+                 numeric=tuple(range(3, 12)))
+
+
+def psnr_table(run: RunData) -> Table:
+    ev = run.eval or {}
+    tasks = ev.get("tasks", [])
+    header = ["model"] + list(tasks) + ["mean"]
+    rows = []
+    for label, entry in model_columns(run):
+        per_task = entry.get("per_task", {})
+        rows.append([label] + [_f(per_task.get(t, {}).get("psnr")) for t in tasks]
+                    + [_f(entry.get("mean", {}).get("psnr"))])
+    return Table("psnr", "PSNR per task (dB)", eval_caption(run), header, rows,
+                 numeric=tuple(range(1, len(header))))
+
+
+def stages_table(run: RunData) -> Table:
+    header = ["stage", "result", "seconds", "CPU s", "finished", "key", "summary"]
+    rows = []
+    for s in run.stages:
+        info = s.get("info") or {}
+        summary = info.get("summary") if isinstance(info, dict) else ""
+        rows.append([s["stage"], _result(run, s["stage"]), _f(s.get("seconds"), 1),
+                     _f(s.get("cpu_seconds"), 1), str(s.get("finished", "")).replace("T", " ")[:19],
+                     str(s["key"])[:12], str(summary or "")])
+    caption = ("Result: what the latest pipeline run did (a stage is skipped while its key, the sha256 of "
+               "its configuration, input files and dependencies, is unchanged). Seconds / CPU s: wall and "
+               "CPU time of the stage when it last ran (CPU: this process and its finished child processes).")
+    return Table("stages", "Pipeline stages", caption, header, rows, numeric=(2, 3))
+
+
+def _result(run: RunData, stage: str) -> str:
+    outcomes = {o["stage"]: o["result"] for o in (run.pipeline or {}).get("outcomes", [])}
+    return {"ran": "ran", "skipped": "skipped (up to date)"}.get(outcomes.get(stage), "done")
+
+
+def model_columns(run: RunData) -> list:
+    """(label, eval entry) for the degraded input, the reference, other torch models and each artifact."""
+    ev = run.eval or {}
+    if not ev:
+        return []
+    roles = ev.get("roles", {})
+    cols = [("degraded input", ev["input"])]
+    ref = ev.get("reference")
+    if ref:
+        cols.append((_role_label(ref["model"], roles, "reference"), ref))
+    for m in run.model_entries():
+        cols.append((_role_label(m["model"], roles, m.get("kind", "")), m))
+    cols += [(a.name, a.eval) for a in run.artifacts if a.eval is not None]
+    return cols
+
+
+def _role_label(name: str, roles: dict, fallback: str) -> str:
+    role = next((r for r, n in roles.items() if n == name), None)
+    if role:
+        return f"{role.replace('_', ' ')} ({name})"
+    return f"{name} ({fallback})" if fallback else name
+
+
+def bench_caption(run: RunData) -> str:
+    b = run.bench
+    if not b:
+        return "No benchmark report in this run folder: no latency was measured."
+    env = b.get("environment") or {}
+    s = b.get("settings") or {}
+    versions = env.get("versions") or {}
+    runtimes = ", ".join(f"{k} {v}" for k, v in versions.items() if k in ("onnxruntime", "openvino",
+                                                                            "coremltools") and v)
+    loop = f"{s.get('iters')} timed iterations" if s.get("iters") else f"{s.get('seconds')} s timed loop"
+    return (f"Measured by the bench stage on {env.get('cpu_model') or 'an unknown CPU'} "
+            f"({env.get('available_cpus')} available CPUs, {s.get('threads')} threads, {env.get('os')}), "
+            f"{b.get('created', '')}; {s.get('warmup')} warm-up runs then {loop}, batch 1, random input; "
+            f"OpenVINO inference precision hint {s.get('inference_precision')}; {runtimes}. "
+            f"Load average before/after: {_load(b)}. Each artifact ran in a fresh process.")
+
+
+def eval_caption(run: RunData) -> str:
+    ev = run.eval
+    if not ev:
+        return "No eval report in this run folder: no PSNR was measured."
+    d = ev.get("data", {})
+    if d.get("source") == "val":
+        data = (f"{d.get('count_per_task')} validation pair(s) per task at {d.get('size')}x{d.get('size')} "
+                f"px, seed {d.get('seed')} ({d.get('what', '')})")
+    else:
+        data = f"pairs from {d.get('source')}"
+    m = ev.get("metrics", {})
+    return (f"Measured by the eval stage ({ev.get('created', '')}) on {data}. {m.get('psnr', 'PSNR')}; "
+            f"{m.get('library', '')}; grayscale tasks {m.get('grayscale_tasks', '')}.")
+
+
+def _eval_missing(run: RunData, a) -> str:
+    if a.target == "coreml":
+        return "Core ML prediction needs macOS; not evaluated here"
+    return "not in the eval report" if run.eval else "no eval report"
+
+
+def _reference(run: RunData) -> str | None:
+    return ((run.eval or {}).get("reference") or {}).get("model")
+
+
+def _load(b: dict) -> str:
+    before = [r.get("load_average_before") for r in b.get("results", []) if r.get("load_average_before")]
+    first = before[0][0] if before else "-"
+    after = (b.get("load_average_after") or ["-"])[0]
+    return f"{first} / {after} (1-minute)"
+
+
+def _check(export: dict | None) -> str:
+    if not export:
+        return "-"
+    v = export.get("verification") or {}
+    if not v.get("numerics_checked", export.get("numerics_checked")):
+        return "structural only"
+    psnr = v.get("psnr_db")
+    value = "identical" if psnr is None and v.get("passed") else f"{psnr:.1f} dB"
+    return f"{'pass' if v.get('passed') else 'FAIL'} {value}"
+
+
+def _size(n) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1024:.0f} KiB" if n < 10 * 1024 * 1024 else f"{n / 1024 / 1024:.1f} MiB"
+
+
+def _f(v, digits: int = 2, signed: bool = False) -> str:
+    if v is None or v is False:
+        return "-"
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    if v != v or v in (float("inf"), float("-inf")):
+        return str(v)
+    return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"

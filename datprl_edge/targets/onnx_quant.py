@@ -1,0 +1,225 @@
+"""INT8 quantizer settings of the ONNX target: torchao PT2E with a symmetric QDQ scheme.
+
+Stack: `torch.export` -> `prepare_qat_pt2e` -> (calibrate / train) -> `convert_pt2e`; the
+converted program exports with `torch.onnx.export(dynamo=True)` to QuantizeLinear /
+DequantizeLinear pairs with int8 weight initializers, which onnxruntime fuses into QLinearConv /
+QLinearMul / QLinearAdd. The quantizer is torchao's XNNPACKQuantizer with its symmetric config:
+it annotates conv, linear, add, mul and cat with their inputs and outputs, which is exactly what
+onnxruntime's QDQ fusion wants (X86InductorQuantizer leaves conv outputs in float and uses uint8).
+torchao 0.18 ships it under `torchao.testing.pt2e` (marked deprecated in favour of executorch's
+copy, which needs executorch); the pinned torchao is the one this was checked against.
+
+Kept in float: the prompt path (every node of a query mapper or prompt pool, and every node whose
+output is not a 4-D feature map) and the `float_layers` (their weights and output; a float layer
+still reads an int8 input when its producer is quantized).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+from ..errors import ConfigError
+from ..quant_scope import PROMPT_PATH, prompt_path_modules
+
+TARGET = "onnx"
+STACK = "torchao PT2E (torch.export + prepare_qat_pt2e + convert_pt2e)"
+SCHEME = {
+    "target": TARGET,
+    "stack": STACK,
+    "quantizer": ("torchao XNNPACKQuantizer, get_symmetric_quantization_config(is_per_channel=True, "
+                  "is_qat=True)"),
+    "weights": "int8 symmetric per output channel, [-127, 127]",
+    "activations": "int8 per-tensor affine, [-128, 127], moving-average min/max",
+    "quantized_ops": ["conv2d", "linear", "add", "mul", "cat"],
+    "float_by_design": PROMPT_PATH,
+    "float_layer_semantics": "weights and output stay float; the input is int8 if its producer is quantized",
+    "converted": "torch.fx.GraphModule with quantize/dequantize ops and int8 weight constants",
+    "export": "torch.onnx.export(converted, dynamo=True) -> QDQ ONNX (int8 initializers)",
+    "input_sizes": "H and W multiples of the pad multiple, at least 2x it (shapes are traced symbolically)",
+    "why": "the target's own PT2E path; the quantizer's QDQ placement matches onnxruntime's QLinear fusions",
+}
+
+
+def quantizer(float_layers=(), model=None):
+    """The composed torchao quantizer: float marker first, then XNNPACK, then the float-edge pass."""
+    from torchao.quantization.pt2e.quantizer import ComposableQuantizer
+    from torchao.testing.pt2e._xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+
+    scopes = tuple(prompt_path_modules(model)) if model is not None else ()
+    marker = FloatScopeMarker(scopes, tuple(float_layers))
+    with warnings.catch_warnings():  # "XNNPACKQuantizer is deprecated!": see the module docstring
+        warnings.simplefilter("ignore")
+        xnnpack = XNNPACKQuantizer()
+    xnnpack.set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
+    if not _has_batchnorm(model):
+        # the conv+BN QAT patterns cost seconds of pattern tracing and match nothing without BN
+        xnnpack.STATIC_QAT_ONLY_OPS = []
+    return ComposableQuantizer([marker, xnnpack, FloatEdgePass(marker)])
+
+
+def _has_batchnorm(model) -> bool:
+    from torch import nn
+
+    return model is None or any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def prepare(model, example_inputs, float_layers=(), calib=None):
+    """Fake-quant (QAT-ready) copy of `model` as a PT2E GraphModule; `model` is not changed.
+
+    `calib` is unused here (PT2E calibrates by running the prepared module, see
+    `quant_scope.calibrate`).
+    """
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    gm = export_graph(model, example_inputs)
+    return allow_train_eval(prepare_qat_pt2e(gm, quantizer(float_layers, model)))
+
+
+def export_graph(model, example_inputs):
+    """`torch.export` of an eval-mode copy with dynamic batch, height and width."""
+    import torch
+    from torch.export import Dim
+
+    x = example_inputs[0]
+    if x.shape[0] < 2:
+        raise ConfigError("PT2E examples need a batch of at least 2 (a batch of 1 would be traced as fixed)")
+    model = copy.deepcopy(model).eval()
+    dims = {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}
+    with torch.no_grad():
+        ep = torch.export.export(model, tuple(example_inputs), dynamic_shapes=({**dims},))
+    return ep.module()
+
+
+def convert(prepared):
+    """The converted program (int8 weights folded, quantize/dequantize ops); `prepared` is kept."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    return allow_train_eval(convert_pt2e(copy.deepcopy(prepared)))
+
+
+def allow_train_eval(gm):
+    """Make .train()/.eval() work on an exported program (dropout/BN only, like torchao's
+    allow_exported_model_train_eval) and return the module, as nn.Module's do."""
+    import types
+
+    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+
+    def train(self, mode: bool = True):
+        (move_exported_model_to_train if mode else move_exported_model_to_eval)(self)
+        return self
+
+    def eval_(self):
+        move_exported_model_to_eval(self)
+        return self
+
+    gm.train = types.MethodType(train, gm)
+    gm.eval = types.MethodType(eval_, gm)
+    return gm
+
+
+def rebuild(model, example_inputs, float_layers=(), backend_state=None):
+    """The same prepare on a base model, for loading a saved prepared state."""
+    return prepare(model, example_inputs, float_layers)
+
+
+def backend_state(prepared) -> dict:
+    return {}
+
+
+def layer_fake_quants(prepared, layer: str) -> list:
+    """Weight and output fake-quant modules of one layer (for sensitivity toggling)."""
+    mods = []
+    for node in prepared.graph.nodes:
+        if node.op != "call_function" or _module_path(node) != layer:
+            continue
+        for arg in node.all_input_nodes:
+            if arg.op == "call_module" and _feeds_from_get_attr(arg):
+                mods.append(prepared.get_submodule(arg.target))
+        for user in node.users:
+            if user.op == "call_module" and "activation_post_process" in str(user.target):
+                mods.append(prepared.get_submodule(user.target))
+    return mods
+
+
+def _feeds_from_get_attr(node) -> bool:
+    return any(a.op == "get_attr" for a in node.all_input_nodes)
+
+
+def _module_path(node) -> str | None:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return None
+    path = list(stack.values())[-1][0]
+    return _clean_path(path)
+
+
+def _clean_path(path: str) -> str:
+    # export records "L['self'].decoders[0][1].conv1"-style paths in some versions, plain dotted in others
+    path = path.replace("L['self'].", "").replace("L__self___", "")
+    return path.replace("[", ".").replace("]", "").replace("'", "")
+
+
+def _in_scope(node, scopes) -> bool:
+    stack = node.meta.get("nn_module_stack") or {}
+    paths = [_clean_path(v[0]) for v in stack.values()]
+    return any(p == s or p.startswith(s + ".") for p in paths for s in scopes)
+
+
+def _is_feature_map(node) -> bool:
+    val = node.meta.get("val")
+    return getattr(val, "dim", lambda: 0)() == 4
+
+
+def _base_quantizer():
+    from torchao.quantization.pt2e.quantizer import Quantizer
+
+    return Quantizer
+
+
+class FloatScopeMarker(_base_quantizer()):
+    """Marks prompt-path and float-layer nodes as handled (empty annotation) so that the
+    XNNPACK quantizer, which skips annotated nodes, leaves them in float."""
+
+    def __init__(self, scopes=(), float_layers=()):
+        super().__init__()
+        self.scopes, self.float_layers = tuple(scopes), tuple(float_layers)
+        self.float_nodes: set = set()
+
+    def annotate(self, model):
+        from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+        self.float_nodes = set()
+        for node in model.graph.nodes:
+            if node.op != "call_function":
+                continue
+            prompt = not _is_feature_map(node) or _in_scope(node, self.scopes)
+            if prompt or _in_scope(node, self.float_layers):
+                node.meta["quantization_annotation"] = QuantizationAnnotation(_annotated=True)
+                if not prompt:
+                    self.float_nodes.add(node)
+        return model
+
+    def validate(self, model) -> None:
+        pass
+
+
+class FloatEdgePass(_base_quantizer()):
+    """Runs last: consumers must not quantize what a float layer outputs (edge dropped in place)."""
+
+    def __init__(self, marker: FloatScopeMarker):
+        super().__init__()
+        self.marker = marker
+
+    def annotate(self, model):
+        float_nodes = self.marker.float_nodes
+        for node in model.graph.nodes:
+            ann = node.meta.get("quantization_annotation")
+            if ann is None or not ann.input_qspec_map:
+                continue
+            for src in [s for s in ann.input_qspec_map if s in float_nodes]:
+                del ann.input_qspec_map[src]
+        return model
+
+    def validate(self, model) -> None:
+        pass

@@ -1,0 +1,173 @@
+"""Training data for `train-teacher` and `distill`: a fixed, indexed pool of (lq, gt) crops.
+
+`--data synthetic[:TASKSET]` degrades the bundled training images with the task catalogue
+(`SyntheticDataset`); `--data PATH` reads a paired folder (`PairedFolderDataset`). Pair i is the
+same on every rank and every run with the same seed, which makes batches reproducible and the
+teacher outputs cacheable by index. Pairs are generated on first use and kept in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, InputNotFoundError
+
+DEFAULT_TASKSET = "9task"
+CUSTOM_TASK = "custom/paired"
+
+
+class TrainData:
+    """`num_items` pairs; `pair_fn(i)` -> (lq, gt) float32 (H, W, 3); `task_of_item[i]` indexes `tasks`."""
+
+    def __init__(self, tasks: list[str], task_of_item, pair_fn: Callable, description: str,
+                 val_fn: Callable | None = None, prompt_ids: dict | None = None):
+        self.tasks = list(tasks)
+        self.task_of_item = np.asarray(task_of_item, dtype=np.int64)
+        self._pair_fn = pair_fn
+        self._val_fn = val_fn
+        self._desc = description
+        self._memo: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._prompt_ids = prompt_ids or {t: _catalogue_ids(t) for t in self.tasks}
+
+    @classmethod
+    def from_arrays(cls, tasks, task_of_item, lq, gt, val=None, description="arrays") -> TrainData:
+        """In-memory pairs: `lq`/`gt` (N, H, W, 3) or (N, 3, H, W); `val` {task: (lq, gt)} likewise."""
+        lq, gt = np.asarray(lq, np.float32), np.asarray(gt, np.float32)
+        if lq.shape != gt.shape or len(lq) != len(task_of_item):
+            raise ConfigError(f"lq {lq.shape}, gt {gt.shape} and {len(task_of_item)} task labels disagree")
+
+        def val_fn(task, count, size):
+            v_lq, v_gt = val[task]
+            return list(v_lq[:count]), list(v_gt[:count])
+
+        return cls(tasks, task_of_item, lambda i: (lq[i], gt[i]), description, val_fn if val else None)
+
+    def __len__(self) -> int:
+        return len(self.task_of_item)
+
+    def describe(self) -> str:
+        return self._desc
+
+    def _pair(self, i: int):
+        if i not in self._memo:
+            lq, gt = self._pair_fn(int(i))
+            self._memo[i] = (_to_chw(lq), _to_chw(gt))
+        return self._memo[i]
+
+    def load(self, items) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [self._pair(int(i)) for i in items]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+    def prompt_ids(self, task: str, n: int) -> torch.Tensor:
+        return torch.tensor([self._prompt_ids[task]] * n, dtype=torch.long)
+
+    def batch(self, items, device, memory_format=torch.contiguous_format, prompt_mode="adaptive") -> dict:
+        lq, gt = self.load(items)
+        out = {"lq": lq.to(device, memory_format=memory_format),
+               "gt": gt.to(device, memory_format=memory_format), "items": np.asarray(items),
+               "tasks": self.task_of_item[np.asarray(items, dtype=np.int64)]}
+        if prompt_mode == "explicit":
+            ids = [self._prompt_ids[self.tasks[t]] for t in out["tasks"]]
+            out["prompt_ids"] = torch.tensor(ids, dtype=torch.long, device=device)
+        return out
+
+    def validation(self, count: int, size: int) -> dict:
+        """{task: (lq, gt)} fixed validation tensors (N, 3, size, size)."""
+        if self._val_fn is None:
+            raise ConfigError("this data source has no validation split")
+        out = {}
+        for task in self.tasks:
+            lq, gt = self._val_fn(task, count, size)
+            out[task] = (torch.stack([_to_chw(a) for a in lq]), torch.stack([_to_chw(a) for a in gt]))
+            if out[task][0].shape[0] < count:
+                raise ConfigError(f"validation for {task} has only {out[task][0].shape[0]} pairs, "
+                                  f"fewer than val_count {count}")
+        return out
+
+    def prompt_ids_fn(self, prompt_mode: str):
+        return self.prompt_ids if prompt_mode == "explicit" else None
+
+
+def build_train_data(spec: str, crop: int, num_pairs: int, seed: int = 0) -> TrainData:
+    """`synthetic`, `synthetic:TASKSET_OR_IDS` (e.g. `synthetic:natural5`), or a paired folder path."""
+    spec = str(spec)
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        names = spec.partition(":")[2] or DEFAULT_TASKSET
+        return _synthetic(names, crop, num_pairs, seed)
+    path = Path(spec)
+    if not path.exists():
+        raise InputNotFoundError(f"--data {spec}: no such folder (use synthetic[:TASKSET] or a paired "
+                                 "folder)")
+    return _paired_folder(path, crop, num_pairs, seed)
+
+
+def _synthetic(names: str, crop: int, num_pairs: int, seed: int) -> TrainData:
+    from ..data.datasets import SyntheticDataset, validation_set
+    from ..data.tasks import resolve_tasks
+
+    tasks = [t.id for t in resolve_tasks(names)]
+    if num_pairs < len(tasks):
+        raise ConfigError(f"train_pairs ({num_pairs}) must be at least the number of tasks ({len(tasks)})")
+    ds = SyntheticDataset(tasks=tasks, crop=crop, length=num_pairs, seed=seed)  # tasks cycle with the index
+
+    def pair(i):
+        item = ds[i]
+        return item["lq"], item["gt"]
+
+    def val(task, count, size):
+        return validation_set(task, count=count, size=size, seed=seed).tensors()
+
+    desc = f"synthetic:{','.join(tasks)} crop={crop} pairs={num_pairs} seed={seed}"
+    return TrainData(tasks, np.arange(num_pairs) % len(tasks), pair, desc, val)
+
+
+def _paired_folder(path: Path, crop: int, num_pairs: int, seed: int) -> TrainData:
+    """Random crops of a BasicSR paired folder; the first tenth of the pairs is kept for validation."""
+    from ..data.datasets import PairedFolderDataset
+    from ..data.pairs import random_crop
+
+    ds = PairedFolderDataset(path)
+    n = len(ds)
+    if n < 2:
+        raise ConfigError(f"{path} holds {n} pair(s); need at least 2 (one is kept for validation)")
+    n_val = max(1, n // 10)
+
+    def crop_pair(index, size, rng):
+        item = ds[int(index)]
+        both = torch.cat([item["lq"], item["gt"]]).permute(1, 2, 0).numpy()
+        c = np.ascontiguousarray(random_crop(both, size, rng))
+        return c[..., :3], c[..., 3:]
+
+    def pair(i):
+        rng = np.random.default_rng([seed, i])
+        return crop_pair(n_val + int(rng.integers(n - n_val)), crop, rng)
+
+    def val(task, count, size):
+        rng = np.random.default_rng([seed, 1 << 30])
+        pairs = [crop_pair(k % n_val, size, rng) for k in range(count)]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    desc = f"folder:{path.resolve()} crop={crop} pairs={num_pairs} seed={seed}"
+    return TrainData([CUSTOM_TASK], np.zeros(num_pairs), pair, desc, val, prompt_ids={CUSTOM_TASK: (0, 0)})
+
+
+def _catalogue_ids(task_id: str) -> tuple[int, int]:
+    """(domain index, task index in the catalogue): the explicit prompt of a task."""
+    from ..data.tasks import DOMAINS, TASKS
+
+    if task_id not in TASKS:
+        return 0, 0
+    return DOMAINS.index(TASKS[task_id].domain), list(TASKS).index(task_id)
+
+
+def _to_chw(a) -> torch.Tensor:
+    t = torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)
+    if t.dim() == 3 and t.shape[-1] in (1, 3) and t.shape[0] not in (1, 3):
+        t = t.permute(2, 0, 1)
+    if t.shape[0] == 1:
+        t = t.expand(3, -1, -1)
+    return t.contiguous()

@@ -1,0 +1,231 @@
+"""The training loop shared by `train-teacher` and `distill`.
+
+One process or many (torchrun, DistributedDataParallel; NCCL on GPU, gloo on CPU). The global batch
+of a step is fixed by (seed, step) and split into equal micro-batches over ranks x accumulation
+steps; before each micro-batch the RNG is seeded from (seed, step, micro-batch index), so the
+prompt-selection noise does not depend on how micro-batches are spread over processes. Hence a
+2-process run matches a 1-process run with accum_steps=2, and a resumed run the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..io.atomic import write_text_atomic
+from . import distributed as D
+from .checkpointing import RunState, load_state, prepare_run_dir, save_final, save_state, trim_logs
+from .config import TrainConfig
+from .curriculum import Curriculum
+from .evaluate import evaluate
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model: nn.Module  # final weights (EMA when enabled): a new module, CPU, eval mode
+    raw_model: nn.Module  # final weights without EMA
+    metrics: dict  # final per-task validation
+    history: list  # validation records
+    run_dir: Path | None
+    steps: int
+    seconds: float
+    sec_per_step: float
+    checkpoint: Path | None  # the final toolkit checkpoint (rank 0, with a run dir)
+
+
+def train_loop(objective, config: TrainConfig, data, run_dir=None, *, stage: str, resume: bool = False,
+               provenance: dict | None = None, step_callback=None) -> TrainResult:
+    """Train `objective.net` (which holds `objective.model`) and return the trained model.
+
+    `objective` provides `net` (forward(lq, prompt_ids) -> (out, aux)), `model`, `find_unused`,
+    `prepare(env, data, run_dir)` and `loss(out, aux, batch) -> (loss, parts)`. `step_callback(step)`
+    is called after every finished step (tests use it to interrupt a run).
+    """
+    env = D.setup(config.device)
+    try:
+        return _train(objective, config, data, run_dir, stage, resume, provenance or {}, step_callback, env)
+    finally:
+        D.teardown(env)
+
+
+def _train(obj, cfg: TrainConfig, data, run_dir, stage, resume, provenance, step_callback, env):
+    run_dir = Path(run_dir) if run_dir is not None else None
+    state_file = prepare_run_dir(run_dir, resume, env) if run_dir is not None else None
+    dev = env.device
+    n_micro = cfg.micro_batches(env.world_size)
+    micro = cfg.batch_size // n_micro
+    channels_last = cfg.channels_last if cfg.channels_last is not None else dev.type == "cuda"
+    amp = cfg.amp == "bf16" or (cfg.amp == "auto" and dev.type == "cuda")
+    mem_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    net = obj.net.to(dev, memory_format=mem_format)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    ema = _make_ema(obj.model, cfg.ema_decay)
+    start = 0
+    if state_file is not None and state_file.exists():
+        start = load_state(state_file, cfg, net, opt, sched, ema, dev)
+        if env.is_main:
+            trim_logs(run_dir, start)
+    if start >= cfg.steps and env.is_main:
+        tqdm.write(f"run already finished at step {start}; writing the final model again")
+    ddp = None
+    if env.distributed:
+        ddp = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                      find_unused_parameters=obj.find_unused)
+    runner = ddp if ddp is not None else net
+    if cfg.compile:
+        runner = torch.compile(runner)
+
+    obj.prepare(env, data, run_dir)
+    curriculum = Curriculum(cfg.curriculum, data.task_of_item, cfg.steps, cfg.seed)
+    val_sets = data.validation(cfg.val_count, cfg.val_size) if env.is_main else None
+    history = _read_history(run_dir) if start else []
+    bar = tqdm(total=cfg.steps, initial=start, disable=not (env.is_main and cfg.progress),
+               dynamic_ncols=True, unit="step")
+    t0, done_here = time.perf_counter(), 0
+    net.train()
+    for step in range(start, cfg.steps):
+        items = curriculum.batch(step, cfg.batch_size)
+        stats = {}
+        for a in range(cfg.accum_steps):
+            k = env.rank * cfg.accum_steps + a  # global micro-batch index
+            batch = data.batch(items[k * micro:(k + 1) * micro], dev, mem_format, cfg.prompt_mode)
+            torch.manual_seed(_micro_seed(cfg.seed, step, k))
+            sync = ddp is None or a == cfg.accum_steps - 1
+            with (contextlib.nullcontext() if sync else ddp.no_sync()):
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                    out, aux = runner(batch["lq"], batch.get("prompt_ids"))
+                    loss, parts = obj.loss(out, aux, batch)
+                (loss / cfg.accum_steps).backward()
+            _accumulate(stats, parts, loss, out, batch["gt"], cfg.accum_steps)
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update_parameters(obj.model)
+        done_here += 1
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            stats = D.all_mean(env, stats)
+            spent = time.perf_counter() - t0
+            bar.set_postfix(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.2f}")
+            if env.is_main and run_dir is not None:
+                rec = {"step": done, **{k: round(v, 6) for k, v in stats.items()},
+                       "lr": sched.get_last_lr()[0], "sec_per_step": round(spent / done_here, 4)}
+                _append_jsonl(run_dir / "train.jsonl", rec)
+        bar.update(1)
+        if run_dir is not None and cfg.ckpt_every and done % cfg.ckpt_every == 0 and done < cfg.steps:
+            if env.is_main:
+                save_state(state_file, RunState(done, cfg, stage), net, opt, sched, ema)
+            D.barrier(env)
+        if cfg.val_every and done % cfg.val_every == 0 and done < cfg.steps:
+            if env.is_main:
+                ids_fn = data.prompt_ids_fn(cfg.prompt_mode)
+                rec = {"step": done, **evaluate(_eval_model(obj, ema), val_sets, dev, ids_fn)}
+                history.append(rec)
+                if run_dir is not None:
+                    _append_jsonl(run_dir / "val.jsonl", rec)
+                tqdm.write(f"step {done}: val PSNR {rec['mean']['psnr']:.2f} dB "
+                           f"(input {rec['mean']['psnr_input']:.2f})")
+            D.barrier(env)
+        if step_callback is not None:
+            step_callback(done)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    final, raw = _export(obj, ema)
+    metrics, ckpt = {}, None
+    if env.is_main:
+        metrics = evaluate(final.to(dev), val_sets, dev, data.prompt_ids_fn(cfg.prompt_mode))
+        history.append({"step": cfg.steps, **metrics})
+        if run_dir is not None:
+            if start < cfg.steps:
+                save_state(state_file, RunState(cfg.steps, cfg, stage), net, opt, sched, ema)
+                _append_jsonl(run_dir / "val.jsonl", history[-1])
+            prov = {**provenance, "steps": cfg.steps, "data": data.describe(), "seed": cfg.seed}
+            ckpt = save_final(run_dir / "model.safetensors", final, stage, prov,
+                              {"metrics": metrics, "train_config": cfg.to_dict(), "ema": ema is not None})
+            write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    D.barrier(env)
+    per_step = seconds / done_here if done_here else float("nan")
+    return TrainResult(final.cpu().eval(), raw.cpu().eval(), metrics, history, run_dir, cfg.steps, seconds,
+                        per_step, ckpt)
+
+
+def _lr_lambda(cfg: TrainConfig):
+    floor = cfg.min_lr / cfg.lr
+
+    def f(step):
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        span = max(cfg.steps - cfg.warmup_steps, 1)
+        progress = min((step - cfg.warmup_steps) / span, 1.0)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def _make_ema(model: nn.Module, decay: float):
+    if decay <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel
+
+    def avg(ema_p, p, n):
+        # Warm-up: early on the average follows the weights closely (decay (1+n)/(10+n)).
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        return ema_p * d + p * (1.0 - d)
+
+    return AveragedModel(model, avg_fn=avg, use_buffers=True)
+
+
+def _eval_model(obj, ema):
+    return ema.module if ema is not None else obj.model
+
+
+def _export(obj, ema):
+    import copy
+
+    raw = copy.deepcopy(obj.model)
+    final = copy.deepcopy(ema.module) if ema is not None else copy.deepcopy(obj.model)
+    for m in (raw, final):
+        m.to(memory_format=torch.contiguous_format)
+        if hasattr(obj.model, "datprl_config"):
+            m.datprl_config = dict(obj.model.datprl_config)
+    return final, raw
+
+
+def _micro_seed(seed: int, step: int, micro: int) -> int:
+    return (seed * 1_000_003 + step * 8191 + micro * 131 + 17) % (2 ** 63)
+
+
+def _accumulate(stats, parts, loss, out, gt, accum):
+    with torch.no_grad():
+        mse = (out.detach().float().clamp(0, 1) - gt.float()).pow(2).mean().item()
+    vals = {"loss": float(loss.detach()), "psnr": -10 * math.log10(max(mse, 1e-10)),
+            **{k: float(v) for k, v in parts.items()}}
+    for k, v in vals.items():
+        stats[k] = stats.get(k, 0.0) + v / accum
+
+
+def _append_jsonl(path: Path, rec: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def _read_history(run_dir) -> list:
+    p = None if run_dir is None else Path(run_dir) / "val.jsonl"
+    if p is None or not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
