@@ -3,11 +3,12 @@ student trained for the same steps on the same data without distillation.
 
     python benchmarks/distill_eval.py [--teacher bundled:teacher-ref] [--student bundled:edge-xs]
         [--baseline benchmarks/results/edge-xs-nokd.safetensors] [--count 16] [--size 128]
-        [-o benchmarks/results/distill_eval.json]
+        [--variant LABEL=CKPT ...] [-o benchmarks/results/distill_eval.json]
 
 Validation pairs: `validation_set(task, count, size, seed)` from the bundled 'val' images (never
 used for training). Metrics: skimage PSNR/SSIM (data range 1) per image, averaged per task; the
-summary averages the per-task means. Prints a table and writes JSON.
+summary averages the per-task means. `--variant` adds other KD students (tried settings) to the JSON
+under "variants". Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def _describe(spec, model) -> dict:
 
 
 def run(teacher: str, student: str, baseline: str, tasks: str, count: int, size: int, seed: int,
-        threads: int | None) -> dict:
+        threads: int | None, variants: dict | None = None) -> dict:
     import torch
 
     from datprl_edge.data.datasets import validation_set
@@ -49,7 +50,7 @@ def run(teacher: str, student: str, baseline: str, tasks: str, count: int, size:
         torch.set_num_threads(threads)
     task_ids = [t.id for t in resolve_tasks(tasks)]
     val = {t: validation_set(t, count=count, size=size, seed=seed).tensors() for t in task_ids}
-    models = {"teacher": teacher, "kd_student": student, "nokd_student": baseline}
+    models = {"teacher": teacher, "kd_student": student, "nokd_student": baseline, **(variants or {})}
     results, meta = {}, {}
     for role, spec in models.items():
         model = load_model(spec)
@@ -57,6 +58,13 @@ def run(teacher: str, student: str, baseline: str, tasks: str, count: int, size:
         results[role] = evaluate(model, val)
         meta[role] = {**_describe(spec, model), "eval_seconds": round(time.perf_counter() - t0, 2)}
     mean = {r: results[r]["mean"] for r in results}
+    extra = {label: {"model": meta.pop(label), "mean": {k: mean[label][k] for k in ("psnr", "ssim")},
+                     "per_task": {t: {k: results[label]["tasks"][t][k] for k in ("psnr", "ssim")}
+                                  for t in task_ids},
+                     "kd_gain_db": round(mean[label]["psnr"] - mean["nokd_student"]["psnr"], 4)}
+             for label in (variants or {})}
+    for label in extra:
+        results.pop(label)
     return {
         "validation": {"tasks": task_ids, "count_per_task": count, "size": size, "seed": seed,
                        "source": "datprl_edge.data.datasets.validation_set (bundled 'val' images)"},
@@ -70,6 +78,7 @@ def run(teacher: str, student: str, baseline: str, tasks: str, count: int, size:
         "kd_gain_db": round(mean["kd_student"]["psnr"] - mean["nokd_student"]["psnr"], 4),
         "teacher_gap_db": round(mean["teacher"]["psnr"] - mean["kd_student"]["psnr"], 4),
         "goals": {"kd_gain_db_at_least": 0.2, "teacher_gap_db_at_most": 0.5},
+        "variants": extra,
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "machine": platform.machine()},
     }
@@ -98,15 +107,21 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=128, help="validation crop size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL=CKPT",
+                   help="another KD student to evaluate alongside (repeatable)")
     p.add_argument("-o", "--output", default=str(DEFAULT_OUT))
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from datprl_edge.io.atomic import write_text_atomic
 
+    variants = dict(v.split("=", 1) for v in args.variant)
     report = run(args.teacher, args.student, args.baseline, args.tasks, args.count, args.size, args.seed,
-                 args.threads)
+                 args.threads, variants)
     write_text_atomic(args.output, json.dumps(report, indent=2) + "\n")
     print(format_table(report))
+    for label, v in report["variants"].items():
+        print(f"variant {label}: mean {v['mean']['psnr']:.2f} dB / {v['mean']['ssim']:.4f}, "
+              f"KD gain {v['kd_gain_db']:+.2f} dB")
     print(f"wrote {args.output}")
     return 0
 

@@ -46,7 +46,6 @@ def test_distilled_student_restores_better_than_its_input():
     from datprl_edge.data.tasks import task_set
     from datprl_edge.train.evaluate import image_metrics
 
-    torch.set_num_threads(1)
     model = load_model("bundled:edge-xs")
     gains = []
     for task in task_set("9task"):
