@@ -7,7 +7,8 @@
   `PromptOverride` (a convex mix of pool entries), so the unfolded model reproduces the folded one
   exactly through its public override API (that is what verification compares against, and what
   the checkpoint records), and the composed prompt stays one the pool's LayerNorm/GELU can emit.
-  One model per task: see `benchmarks/fold_savings.py` for the latency comparison with a switch.
+  `benchmarks/fold_savings.py` compares both averages on held-out images, and one model per task
+  with a task switch (latency in torch and onnxruntime).
 - `fold_dynamic(model, config)`: exact simplifications only, routing kept (students and teachers).
 
 Both verify before returning: PSNR(folded, unfolded) >= `min_psnr_db` on the images, else

@@ -6,13 +6,22 @@ run resumes at the first stage that did not finish."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import time
 from pathlib import Path
 
-from .errors import InputNotFoundError, MissingBackendError, PlatformError
-from .pipeline_recipe import Recipe, load_recipe, report_limit
-from .pipeline_stages import Outcome, Stage, StageContext, run_stages, write_json
+from .errors import MissingBackendError, PlatformError
+from .pipeline_recipe import (
+    Recipe,
+    calibration_recipe_file,
+    checkpoint_file,
+    is_file_spec,
+    load_recipe,
+    model_name,
+    report_limit,
+)
+from .pipeline_stages import Outcome, Stage, StageContext, limit_threads, run_stages, write_json
 
 STAGES = ("teacher", "distill", "calib", "fold", "qat", "export", "bench", "eval", "report")
 TEACHER_FILE = "teacher/teacher.safetensors"
@@ -49,7 +58,8 @@ def run_pipeline(recipe, run_dir, *, force=(), until: str | None = None, log=pri
         status["outcomes"].append({"stage": o.name, "result": o.result, "seconds": o.seconds, "key": o.key})
         write_json(run_dir / "pipeline.json", status)
 
-    outcomes = run_stages(run_dir, stages, force=force, until=until, log=log, on_stage=on_stage)
+    with limit_threads(recipe.threads):
+        outcomes = run_stages(run_dir, stages, force=force, until=until, log=log, on_stage=on_stage)
     seconds = round(time.perf_counter() - t0, 1)
     status.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), seconds=seconds)
     write_json(run_dir / "pipeline.json", status)
@@ -58,14 +68,14 @@ def run_pipeline(recipe, run_dir, *, force=(), until: str | None = None, log=pri
 
 def build_stages(recipe: Recipe, run_dir: Path) -> list[Stage]:
     r, run = recipe, Path(run_dir)
-    teacher_src = _checkpoint_file(r.resolve(r["teacher"]["checkpoint"]), "[teacher] checkpoint")
+    teacher_src = checkpoint_file(r.resolve(r["teacher"]["checkpoint"]), "[teacher] checkpoint")
     network = r.resolve(r["teacher"]["network"]) or None
     distill = r["distill"]
     train = distill["mode"] == "train"
     student = r.resolve(distill["student"])
-    student_inputs = ({"student": _checkpoint_file(student, "[distill] student")}
-                      if _is_file_spec(student) else {})
-    calib_path = _calibration_recipe(r.resolve(r["calibration"]["recipe"]))
+    student_inputs = ({"student": checkpoint_file(student, "[distill] student")}
+                      if is_file_spec(student) else {})
+    calib_path = calibration_recipe_file(r.resolve(r["calibration"]["recipe"]))
     export_targets = r["export"]["targets"]
     qat_targets = export_targets if "int8" in r["export"]["precisions"] else []
     seed = {"seed": r.seed}
@@ -107,7 +117,7 @@ def teacher_stage(ctx: StageContext, r: Recipe) -> dict:
 
     spec = r.resolve(r["teacher"]["checkpoint"])
     network = r.resolve(r["teacher"]["network"]) or None
-    src = _checkpoint_file(spec, "[teacher] checkpoint")
+    src = checkpoint_file(spec, "[teacher] checkpoint")
     model = load_model(spec, network=network)
     arch, options = model_config(model)
     out = ctx.out / "teacher.safetensors"
@@ -126,7 +136,7 @@ def distill_stage(ctx: StageContext, r: Recipe) -> dict:
     mode, student, data = cfg.pop("mode"), r.resolve(cfg.pop("student")), cfg.pop("data")
     out = ctx.out / "student.safetensors"
     if mode == "bundled":
-        src = _checkpoint_file(student, "[distill] student")
+        src = checkpoint_file(student, "[distill] student")
         shutil.copyfile(src, out)
         return {"summary": f"training skipped ([distill] mode = bundled): the shipped student {student} "
                            "is used", "student": student}
@@ -140,7 +150,7 @@ def distill_stage(ctx: StageContext, r: Recipe) -> dict:
     config = DistillConfig(**{"seed": r.seed, **cfg})
     teacher = load_model(str(ctx.stage_dir("teacher") / "teacher.safetensors"))
     torch.manual_seed(config.seed)
-    model = load_model(student) if _is_file_spec(student) else create_model(student)
+    model = load_model(student) if is_file_spec(student) else create_model(student)
     result = distill(teacher, model, config, data, ctx.work, resume=True,
                      provenance={"command": "pipeline distill", "teacher": r["teacher"]["checkpoint"]})
     shutil.copyfile(ctx.work / "model.safetensors", out)
@@ -226,7 +236,7 @@ def export_stage(ctx: StageContext, r: Recipe) -> dict:
 
     cfg = r["export"]
     model_path = ctx.stage_dir("fold") / "student-float.safetensors"
-    name = _model_name(r)
+    name = model_name(r)
     common = dict(model_name=name, source_sha256=sha256_file(model_path), overwrite=True,
                   calibration=str(ctx.stage_dir("calib") / "set"), verify_images=cfg["verify_images"],
                   verify_size=parse_hw(cfg["verify_size"]), tile_size=cfg["tile_size"],
@@ -265,7 +275,6 @@ def bench_stage(ctx: StageContext, r: Recipe) -> dict:
     """`datprl-edge bench` in a fresh, torch-free process: its workers' peak RSS then belongs to them
     (Linux carries a parent's RSS peak into ru_maxrss across fork and exec, and this process holds torch)."""
     import json
-    import os
     import subprocess
     import sys
 
@@ -285,6 +294,8 @@ def bench_stage(ctx: StageContext, r: Recipe) -> dict:
         cmd += ["--threads", str(cfg["threads"])]
     root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    if r.threads:  # the pipeline's own thread limit; the benchmark uses [bench] threads
+        env.pop("OMP_NUM_THREADS", None)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in proc.stderr.splitlines():
         if line.startswith("["):
@@ -349,39 +360,6 @@ def report_stage(ctx: StageContext, r: Recipe) -> dict:
 
 def artifact_paths(export_dir: Path) -> list[Path]:
     return sorted(p for p in Path(export_dir).iterdir() if p.suffix in ARTIFACT_SUFFIXES)
-
-
-def _is_file_spec(spec: str) -> bool:
-    return str(spec).startswith("bundled:") or Path(str(spec)).suffix in (".safetensors", ".pth", ".pt")
-
-
-def _checkpoint_file(spec: str, what: str) -> Path:
-    from .models.loading import BUNDLED_PREFIX, bundled_path
-
-    if str(spec).startswith(BUNDLED_PREFIX):
-        return bundled_path(str(spec)[len(BUNDLED_PREFIX):])
-    p = Path(str(spec))
-    if not p.is_file():
-        raise InputNotFoundError(f"{what} not found: {spec} (set it in the recipe to a released checkpoint "
-                                 "or bundled:NAME)")
-    return p
-
-
-def _calibration_recipe(spec: str) -> Path:
-    from .data.calib import load_recipe as load_calibration_recipe
-
-    recipe = load_calibration_recipe(spec)
-    if recipe.path is None:
-        raise InputNotFoundError(f"calibration recipe {spec!r} has no file")
-    return Path(recipe.path)
-
-
-def _model_name(r: Recipe) -> str:
-    from .targets.common import safe_name
-
-    student = str(r["distill"]["student"])
-    return safe_name(Path(student).stem if _is_file_spec(student) and not student.startswith("bundled:")
-                     else student)
 
 
 def _target_of(artifact: str) -> str:

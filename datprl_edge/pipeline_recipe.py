@@ -1,6 +1,8 @@
 """Pipeline recipes (`recipes/*.toml`): which teacher and student, and the settings of every stage.
 
-Sections: teacher, distill, calibration, fold, qat, export, bench, eval, visuals, report. Missing
+Top-level keys: name, description, seed, threads (torch / runtime threads of the pipeline's own work;
+0 = the libraries' defaults). Sections: teacher, distill, calibration, fold, qat, export, bench,
+eval, visuals, report. Missing
 keys take the defaults below; unknown sections or keys are refused with the known ones listed.
 Relative paths in a recipe resolve against the recipe's own folder.
 """
@@ -43,6 +45,7 @@ class Recipe:
     seed: int
     sections: dict
     path: Path | None = None
+    threads: int = 0  # an execution setting: not part of any stage key
 
     def __getitem__(self, section: str) -> dict:
         return self.sections[section]
@@ -90,12 +93,14 @@ def parse_recipe(data: dict, path: Path | None = None) -> Recipe:
     name = str(data.pop("name", path.stem if path else "recipe"))
     description = str(data.pop("description", ""))
     seed = data.pop("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"{where}: seed must be an integer >= 0, got {seed!r}")
+    threads = data.pop("threads", 0)
+    for key, v in (("seed", seed), ("threads", threads)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ConfigError(f"{where}: {key} must be an integer >= 0, got {v!r}")
     unknown = sorted(set(data) - set(DEFAULTS))
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {', '.join(unknown)}; known: name, description, "
-                          f"seed, {', '.join(DEFAULTS)}")
+                          f"seed, threads, {', '.join(DEFAULTS)}")
     sections = copy.deepcopy(DEFAULTS)
     for section, values in data.items():
         if not isinstance(values, dict):
@@ -107,7 +112,7 @@ def parse_recipe(data: dict, path: Path | None = None) -> Recipe:
                               f"{', '.join(sorted(allowed))}")
         sections[section].update(values)
     _check(sections, where)
-    return Recipe(name, description, seed, sections, path)
+    return Recipe(name, description, seed, sections, path, threads)
 
 
 def _extra_keys(section: str) -> set:
@@ -151,3 +156,36 @@ def _check(s: dict, where: str) -> None:
 def report_limit(value):
     """A [report] limit as a number, or None for "none"."""
     return None if value == "none" else float(value)
+
+
+def is_file_spec(spec: str) -> bool:
+    return str(spec).startswith("bundled:") or Path(str(spec)).suffix in (".safetensors", ".pth", ".pt")
+
+
+def checkpoint_file(spec: str, what: str) -> Path:
+    from .models.loading import BUNDLED_PREFIX, bundled_path
+
+    if str(spec).startswith(BUNDLED_PREFIX):
+        return bundled_path(str(spec)[len(BUNDLED_PREFIX):])
+    p = Path(str(spec))
+    if not p.is_file():
+        raise InputNotFoundError(f"{what} not found: {spec} (set it in the recipe to a released checkpoint "
+                                 "or bundled:NAME)")
+    return p
+
+
+def calibration_recipe_file(spec: str) -> Path:
+    from .data.calib import load_recipe as load_calibration_recipe
+
+    recipe = load_calibration_recipe(spec)
+    if recipe.path is None:
+        raise InputNotFoundError(f"calibration recipe {spec!r} has no file")
+    return Path(recipe.path)
+
+
+def model_name(r: Recipe) -> str:
+    from .targets.common import safe_name
+
+    student = str(r["distill"]["student"])
+    return safe_name(Path(student).stem if is_file_spec(student) and not student.startswith("bundled:")
+                     else student)

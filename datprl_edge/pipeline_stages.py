@@ -239,3 +239,25 @@ def _json_default(v):
     if isinstance(v, (set, tuple)):
         return list(v)
     raise TypeError(f"{type(v).__name__} is not JSON data")
+
+
+@contextlib.contextmanager
+def limit_threads(n: int):
+    """Limit torch and the runtimes (they read OMP_NUM_THREADS) to n threads; 0 leaves the defaults.
+    Small images on a few busy cores run far faster single-threaded than with spinning thread pools."""
+    if not n:
+        yield
+        return
+    import torch
+
+    old_env, old_torch = os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_torch)
+        if old_env is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = old_env

@@ -28,7 +28,7 @@ class QATConfig:
     steps: int = 300
     batch_size: int = 4
     crop: int = 64
-    lr: float = 2e-5
+    lr: float = 3e-5
     gt_weight: float = 0.1  # weight of L1 to ground truth, when the calibration data has it
     calib_batches: int = 8  # batches that set the activation ranges before training
     freeze_observers_at: float = 0.7  # fraction of the steps after which ranges stop moving
@@ -171,12 +171,23 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
     metrics = {"val_source": source if val else "none"}
     if val:
         quant = evaluate(prepared, val, multiple)
-        metrics.update({"psnr_fp32": fp32, "psnr_int8": quant, "drop_db": drops(fp32, quant)})
+        metrics.update({"psnr_fp32": fp32, "psnr_int8": quant, "drop_db": drops(fp32, quant),
+                        "psnr_int8_vs_fp32": evaluate(prepared, fp32_outputs(base, val, multiple), multiple)})
     if sensitivity is not None:
         metrics["sensitivity"] = sensitivity
     how = "PTQ" if config.steps == 0 else f"QAT {config.steps} steps"
     return QATResult(prepared, config.target, config, tuple(float_layers), arch, options,
                      tuple(example[0].shape), metrics, source=how)
+
+
+def fp32_outputs(base, val: dict, multiple: int) -> dict:
+    """{task: (lq, FP32 output clipped to [0, 1])}: scoring INT8 against it gives its fidelity."""
+    import torch
+
+    from .qat_train import run_padded
+
+    with torch.no_grad():
+        return {t: (lq, run_padded(base, lq, multiple).clamp(0, 1)) for t, (lq, _gt) in val.items()}
 
 
 def _state_dir(state_dir, floats):

@@ -170,6 +170,7 @@ def test_shipped_recipes_parse():
 
     quick, full = load_recipe("quick"), load_recipe(REPO / "recipes" / "full.toml")
     assert quick.name == "quick" and full.name == "full"
+    assert quick.threads == 1 and full.threads == 0
     assert quick["distill"]["mode"] == "bundled" and full["distill"]["mode"] == "train"
     assert set(quick["export"]["targets"]) == {"onnx", "openvino", "coreml"}
     assert set(quick["export"]["precisions"]) == {"fp32", "fp16", "int8"}
@@ -221,11 +222,13 @@ def test_real_first_stages_skip_and_rerun_on_change(tmp_path):
                          'severities = [0.5]\n')
 
     write_calib(1)
-    recipe = {"name": "t", "teacher": {"checkpoint": str(paths["restormer-ref"])},
+    recipe = {"name": "t", "threads": 1, "teacher": {"checkpoint": str(paths["restormer-ref"])},
               "distill": {"mode": "bundled", "student": str(paths["edge-xs"])},
               "calibration": {"recipe": str(calib)}}
     run = tmp_path / "run"
+    threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     first = run_pipeline(parse_recipe(recipe), run, until="calib", log=lambda m: None)
+    assert torch.get_num_threads() == threads and os.environ.get("OMP_NUM_THREADS") == omp  # restored
     assert [(o.name, o.result) for o in first.outcomes] == [("teacher", "ran"), ("distill", "ran"),
                                                             ("calib", "ran")]
     assert (run / "teacher" / "teacher.safetensors").read_bytes() == paths["restormer-ref"].read_bytes()

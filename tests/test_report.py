@@ -217,3 +217,12 @@ def test_compute_visuals_with_a_real_model(tmp_path):
     assert entry["panels"][1]["psnr"] == pytest.approx(image_metrics(pair.gt, pair.lq)[0], abs=1e-3)
     assert render_task(entry, out)[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "visuals.json").read_text())["tasks"][0]["task"] == "natural/denoise"
+
+
+def test_busy_machine_is_said_plainly(run_dir, tmp_path):
+    bench = run_dir / "bench" / "bench.json"
+    data = json.loads(bench.read_text())
+    data["load_average_after"] = [7.5, 7.0, 6.0]
+    bench.write_text(json.dumps(data))
+    html = build_report(run_dir, tmp_path / "r.html").html.read_text()
+    assert "machine was busy" in html and "7.5 on 2 CPUs" in html

@@ -24,7 +24,7 @@ def register(subparsers):
                    help="layers to keep in float (module names)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--crop", type=int, default=64, help="training crop size (multiple of 8); default 64")
-    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--lr", type=float, default=3e-5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-count", type=int, default=4,
                    help="validation pairs per recipe task for the PSNR report and --max-drop "

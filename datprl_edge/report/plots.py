@@ -122,8 +122,8 @@ def task_bars(run: RunData) -> bytes | None:
     if values:
         lo, hi = min(values), max(values)
         axes[0].set_ylim(max(0.0, lo - 2.0), hi + 1.0)
-    axes[0].set_ylabel("PSNR (dB); axis starts above 0")
-    axes[0].set_title("PSNR per task (eval stage)")
+    axes[0].set_ylabel("PSNR (dB)")
+    axes[0].set_title("PSNR per task (eval stage; the axis does not start at 0)")
     axes[0].set_xticks(x, [t.replace("/", "/\n") for t in tasks], fontsize=8)
     axes[0].legend(fontsize=7, ncol=3, loc="upper left", bbox_to_anchor=(0, -0.22), frameon=False)
     axes[0].grid(True, axis="y", alpha=0.3)

@@ -141,7 +141,17 @@ def bench_caption(run: RunData) -> str:
             f"({env.get('available_cpus')} available CPUs, {s.get('threads')} threads, {env.get('os')}), "
             f"{b.get('created', '')}; {s.get('warmup')} warm-up runs then {loop}, batch 1, random input; "
             f"OpenVINO inference precision hint {s.get('inference_precision')}; {runtimes}. "
-            f"Load average before/after: {_load(b)}. Each artifact ran in a fresh process.")
+            f"Load average before/after: {_load(b)}. Each artifact ran in a fresh process." + _busy(b, env))
+
+
+def _busy(b: dict, env: dict) -> str:
+    loads = [r["load_average_before"][0] for r in b.get("results", []) if r.get("load_average_before")]
+    loads += (b.get("load_average_after") or [])[:1]
+    cpus = env.get("available_cpus") or env.get("logical_cpus")
+    if not loads or not cpus or max(loads) <= cpus:
+        return ""
+    return (" Note: the machine was busy while it was measured (1-minute load average up to "
+            f"{max(loads):.1f} on {cpus} CPUs), so these latencies are likely higher than when idle.")
 
 
 def eval_caption(run: RunData) -> str:
