@@ -5,8 +5,10 @@ model (dynamic), plus one-file-per-task vs a fixed task switch.
         [--skip-large] [-o benchmarks/results/fold_savings.json]
 
 Static: `fold_static` on each task of the `all` calibration recipe (the recipe's images; prompt =
-mean pool weights). Switch: one module holding every task's conv1 weights stacked, selected by an
-integer task input (`index_select` on the weights, what an exported graph with a task input does).
+mean pool weights), and restoration quality on held-out val pairs (`fold_quality.py`).
+Switch (`fold_switch.py`): one module holding every task's conv1 weights stacked, selected by an
+integer task input (`index_select` on the weights, what an exported graph with a task input does),
+timed head to head with one per-task file in torch and in onnxruntime.
 Dynamic: `fold_dynamic` on the student and the teachers (random init unless bundled weights exist).
 Latency: `measure_latency` with one torch thread, interleaved over rounds so every variant sees the
 same machine load; the figure is the median over rounds of each round's median (min also kept).
@@ -37,7 +39,8 @@ def _load(spec: str, fallback: str):
 
     if spec:
         try:
-            return load_model(spec), f"{spec} (trained weights)"
+            model = load_model(spec)
+            return model, f"{spec} (trained weights, sha256 {_sha256(spec)[:12]})"
         except DatprlEdgeError as e:
             print(f"note: {spec} unavailable ({e}); using random init", file=sys.stderr)
     torch.manual_seed(0)
@@ -49,6 +52,13 @@ def _load(spec: str, fallback: str):
             elif name.endswith("prompt_values"):
                 p.normal_()
     return model, f"{fallback} random init (seed 0; pool values ~N(0,1), zero beta/gamma ~N(0,0.1))"
+
+
+def _sha256(spec: str) -> str:
+    from datprl_edge.checkpoint import sha256_file
+    from datprl_edge.models.loading import BUNDLED_PREFIX, bundled_path
+
+    return sha256_file(bundled_path(spec[len(BUNDLED_PREFIX):]) if spec.startswith(BUNDLED_PREFIX) else spec)
 
 
 def interleaved_latency(models: dict, shape, rounds: int, iters: int, warmup: int = 2) -> dict:
@@ -90,8 +100,11 @@ def static_part(student, desc, images: int | None, rounds: int, iters: int) -> d
     switch = switch_part(student, result.models, rounds, iters)
     switch["per_task_file_ms_median_over_tasks"] = round(statistics.median(per_task_ms), 3)
     switch["per_task_file_ms_range"] = [min(per_task_ms), max(per_task_ms)]
+    from fold_quality import quality_part
+
+    quality = quality_part(student, result.models, images)
     return {"model": desc, "shape": list(SHAPE), "fold_seconds": round(fold_s, 1), "rows": rows,
-            "switch": switch, "latency": lat}
+            "switch": switch, "latency": lat, "quality_vs_ground_truth": quality}
 
 
 def switch_part(student, models: dict, rounds: int, iters: int) -> dict:
@@ -175,6 +188,11 @@ def print_tables(res: dict) -> None:
         print(f"onnxruntime head to head: file {o['file_ms']:.2f} ms vs switch {o['switch_ms']:.2f} ms; "
               f"session load {o['file_load_ms']:.1f} ms per task file")
     print(f"params: {w['params_file']} per file ({w['tasks']} files) vs {w['params_switch']} in the switch")
+    print("\nrestoration PSNR vs ground truth on held-out val pairs (dB): input / auto-routed / fold (mean "
+          "pool weights) / fold (mean prompt)")
+    for q in s["quality_vs_ground_truth"]:
+        print(f"{q['task']:24} {q['psnr_input_db']:6.2f} {q['psnr_auto_db']:6.2f} "
+              f"{q['psnr_fold_mean_weights_db']:6.2f} {q['psnr_fold_mean_prompt_db']:6.2f}")
     print("\ndynamic fold (exact, routing kept)")
     for r in res["dynamic"]:
         print(f"{r['model']:44} {'x'.join(map(str, r['shape'])):>11} GMAC {r['macs_before'] / 1e9:.3f} -> "
