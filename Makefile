@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e '.[export,data,report,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[torch,export,data,report,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -17,6 +17,20 @@ from pathlib import Path
 WEIGHTS = Path(__file__).resolve().parent.parent / "datprl_edge" / "weights"
 
 
+def student_description() -> str:
+    if (WEIGHTS / "edge-xs.safetensors").exists():
+        return f"bundled:edge-xs (distilled weights shipped with the toolkit, sha256 {student_sha256()})"
+    return ("edge-xs, random initialisation (bundled:edge-xs was not shipped yet); "
+            "same graph and cost as the distilled student")
+
+
+def student_sha256() -> str | None:
+    from datprl_edge.checkpoint import sha256_file
+
+    path = WEIGHTS / "edge-xs.safetensors"
+    return sha256_file(path) if path.exists() else None
+
+
 def student():
     """(float module, description)."""
     import torch
@@ -25,10 +39,17 @@ def student():
     from datprl_edge.models.registry import create_model
 
     if (WEIGHTS / "edge-xs.safetensors").exists():
-        return load_model("bundled:edge-xs"), "bundled:edge-xs (distilled weights shipped with the toolkit)"
+        return load_model("bundled:edge-xs"), student_description()
     torch.manual_seed(0)
-    return create_model("edge-xs"), ("edge-xs, random initialisation (bundled:edge-xs was not shipped yet); "
-                                     "same graph and cost as the distilled student")
+    return create_model("edge-xs"), student_description()
+
+
+def int8_description(target: str) -> str:
+    shipped = WEIGHTS / f"edge-xs-int8-{target}.safetensors"
+    if shipped.exists():
+        return f"shipped QAT weights {shipped.name}"
+    return ("post-training quantization (0 QAT steps, 8 bundled sample crops) "
+            f"with the {target} quantizer settings of datprl_edge.qat")
 
 
 def calibration_images(count: int = 8, size: int = 128):
@@ -52,38 +73,45 @@ def quantized(model, target: str):
 
     shipped = WEIGHTS / f"edge-xs-int8-{target}.safetensors"
     if shipped.exists():
-        return load_qat(shipped), f"shipped QAT weights {shipped.name}"
+        return load_qat(shipped), int8_description(target)
     calib = [x[0] for x in calibration_images()]
     config = QATConfig(target=target, steps=0, calib_batches=2, batch_size=4, val_images=0, crop=64)
-    return run_qat(model, config, calib), ("post-training quantization (0 QAT steps, 8 bundled sample crops) "
-                                           f"with the {target} quantizer settings of datprl_edge.qat")
+    return run_qat(model, config, calib), int8_description(target)
 
 
 def build_student(out: Path, log=print) -> dict:
-    """Export the student FP32 + INT8 to ONNX and OpenVINO in `out`; reuse what is already there."""
+    """Export the student FP32 + INT8 to ONNX and OpenVINO in `out`. Artifacts already there are
+    reused while their source (recorded in sources.json) is still the one that would be chosen now:
+    shipping bundled or QAT weights later makes the next run rebuild them."""
     from datprl_edge.export import ExportConfig, export_model
 
     out.mkdir(parents=True, exist_ok=True)
     sources_file = out / "sources.json"
-    sources = json.loads(sources_file.read_text()) if sources_file.exists() else {}
-    paths = {(t, p): out / f"edge-xs_{t}_{p}{'.onnx' if t == 'onnx' else '.xml'}"
+    old = json.loads(sources_file.read_text()) if sources_file.exists() else {}
+    paths = {f"{t}_{p}": out / f"edge-xs_{t}_{p}{'.onnx' if t == 'onnx' else '.xml'}"
              for t in ("onnx", "openvino") for p in ("fp32", "int8")}
-    if all(p.exists() for p in paths.values()) and sources:
-        return {"paths": {f"{t}_{p}": str(v) for (t, p), v in paths.items()}, "sources": sources}
-    model, description = student()
-    small = dict(verify_images=2, verify_size=(96, 128), model_name="edge-xs", overwrite=True)
-    if not (paths[("onnx", "fp32")].exists() and paths[("openvino", "fp32")].exists()):
-        log("exporting the student at fp32 (onnx, openvino)")
-        export_model(model, ExportConfig(targets=("onnx", "openvino"), precision="fp32", **small), out)
-    sources["fp32"] = description
-    for target in ("onnx", "openvino"):
-        if not paths[(target, "int8")].exists():
-            log(f"quantizing + exporting the student at int8 ({target})")
-            qat, how = quantized(model, target)
-            export_model(qat, ExportConfig(targets=(target,), precision="int8", **small), out)
-            sources[f"{target}_int8"] = f"{description}; INT8 from {how}"
-    sources_file.write_text(json.dumps(sources, indent=2) + "\n")
-    return {"paths": {f"{t}_{p}": str(v) for (t, p), v in paths.items()}, "sources": sources}
+    wanted = {"fp32": student_description()}
+    for t in ("onnx", "openvino"):
+        wanted[f"{t}_int8"] = f"{wanted['fp32']}; INT8 from {int8_description(t)}"
+
+    def source_key(name):  # both FP32 artifacts share one source entry
+        return "fp32" if name.endswith("fp32") else name
+
+    stale = {k for k, p in paths.items() if not p.exists() or old.get(source_key(k)) != wanted[source_key(k)]}
+    if stale:
+        model, _ = student()
+        small = dict(verify_images=2, verify_size=(96, 128), model_name="edge-xs", overwrite=True,
+                     source_sha256=student_sha256() or "random-init")
+        if stale & {"onnx_fp32", "openvino_fp32"}:
+            log("exporting the student at fp32 (onnx, openvino)")
+            export_model(model, ExportConfig(targets=("onnx", "openvino"), precision="fp32", **small), out)
+        for target in ("onnx", "openvino"):
+            if f"{target}_int8" in stale:
+                log(f"quantizing + exporting the student at int8 ({target})")
+                qat, _ = quantized(model, target)
+                export_model(qat, ExportConfig(targets=(target,), precision="int8", **small), out)
+        sources_file.write_text(json.dumps(wanted, indent=2) + "\n")
+    return {"paths": {k: str(v) for k, v in paths.items()}, "sources": wanted}
 
 
 def build_full_model(out: Path, size: int = 256, log=print) -> dict:

@@ -1,6 +1,6 @@
 """Per-task PSNR of the bundled student: FP32, PTQ and QAT (torch fake-quant) for each target's scheme.
 
-    .venv/bin/python benchmarks/qat_accuracy.py [--steps 600] [--ship]
+    .venv/bin/python benchmarks/qat_accuracy.py [--max-drop 0.1] [--ship] [--threads 1]
 
 For every target (onnx, openvino, coreml) it runs `datprl_edge.qat.run_qat` twice on the same
 calibration recipe: 0 steps (PTQ: calibration only) and --steps QAT steps distilled from the FP32
@@ -47,13 +47,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="a student checkpoint instead of bundled:edge-xs (marked as placeholder)")
     ap.add_argument("--targets", default="onnx,openvino,coreml")
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--lr", type=float, default=2e-5)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--lr", type=float, default=3e-5)
     ap.add_argument("--gt-weight", type=float, default=None, help="QATConfig.gt_weight (default: its own)")
+    ap.add_argument("--freeze-at", type=float, default=None, help="QATConfig.freeze_observers_at")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--crop", type=int, default=64)
     ap.add_argument("--calib", default="all", help="calibration recipe")
-    ap.add_argument("--val-count", type=int, default=4)
+    ap.add_argument("--val-count", type=int, default=8)
     ap.add_argument("--val-size", type=int, default=128)
     ap.add_argument("--max-drop", type=float, default=None, help="also run the sensitivity search")
     ap.add_argument("--ship", action="store_true", help="write weights/edge-xs-int8-<target>.safetensors")
@@ -87,7 +88,8 @@ def main(argv=None) -> int:
         "metric": "PSNR (dB), skimage.metrics.peak_signal_noise_ratio, data_range 1, output clipped to [0,1]",
         "int8_numerics": "torch fake-quant (the prepared QAT module)",
         "settings": {"steps": args.steps, "lr": args.lr, "batch_size": args.batch_size, "crop": args.crop,
-                     "max_drop": args.max_drop, "gt_weight": args.gt_weight},
+                     "max_drop": args.max_drop, "gt_weight": args.gt_weight,
+                     "freeze_observers_at": args.freeze_at},
         "command": "python benchmarks/qat_accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "env": {"python": platform.python_version(), "torch": torch.__version__,
                 "cpu_threads": torch.get_num_threads()},
@@ -95,25 +97,32 @@ def main(argv=None) -> int:
     }
     for target in [t.strip() for t in args.targets.split(",") if t.strip()]:
         row = {}
-        for name, steps in (("ptq", 0), ("qat", args.steps)):
+        variants = [("ptq", 0, None), ("qat", args.steps, None)]
+        if args.max_drop is not None:
+            variants.append(("qat_mixed", args.steps, args.max_drop))
+        for name, steps, max_drop in variants:
             extra = {} if args.gt_weight is None else {"gt_weight": args.gt_weight}
+            if args.freeze_at is not None:
+                extra["freeze_observers_at"] = args.freeze_at
             cfg = QATConfig(target=target, steps=steps, lr=args.lr, batch_size=args.batch_size,
-                            crop=args.crop, max_drop=args.max_drop if name == "qat" else None, **extra)
+                            crop=args.crop, max_drop=max_drop, **extra)
             t0 = time.time()
             search = _search_pairs(tasks, args.val_count, args.val_size) if cfg.max_drop is not None else None
             result = run_qat(model, cfg, calib, val=val, search_val=search,
                              log=lambda m, t=target, n=name: print(f"[{t} {n}] {m}", flush=True))
             m = result.metrics
             row[name] = {"psnr": m["psnr_int8"], "drop_db": m["drop_db"],
+                         "psnr_vs_fp32_output": m["psnr_int8_vs_fp32"],
                          "seconds": round(time.time() - t0, 1), "float_layers": list(result.float_layers)}
             if "sensitivity" in m:
                 row[name]["sensitivity"] = m["sensitivity"]
             d = m["drop_db"]
             print(f"{target} {name}: worst drop {d['worst']:+.3f} dB, mean {d['mean']:+.3f} dB", flush=True)
         row["stack"], row["scheme"] = result.scheme["stack"], result.scheme
-        row["qat_within_0.1db_every_task"] = row["qat"]["drop_db"]["worst"] <= 0.1
+        for name, *_ in variants[1:]:
+            row[f"{name}_within_0.1db_every_task"] = row[name]["drop_db"]["worst"] <= 0.1
         report["targets"][target] = row
-        if args.ship and not placeholder:
+        if args.ship and not placeholder:  # the last variant: mixed precision when --max-drop is given
             path = save_qat(result, WEIGHTS / f"edge-xs-int8-{target}.safetensors",
                             {"command": report["command"], "source": "bundled:edge-xs",
                              "calibration": args.calib})
@@ -140,15 +149,14 @@ def merge(paths, output) -> int:
 
 
 def table(report) -> str:
-    tasks = list(report["fp32"])
-    heads = ["task", "FP32"] + [f"{t} {k}" for t in report["targets"] for k in ("PTQ", "QAT")]
-    rows = [heads]
-    for task in tasks:
-        r = [task, f"{report['fp32'][task]:.2f}"]
-        for row in report["targets"].values():
-            r += [f"{row['ptq']['psnr'][task]:.2f}", f"{row['qat']['psnr'][task]:.2f}"]
-        rows.append(r)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(heads))]
+    names = {"ptq": "PTQ", "qat": "QAT", "qat_mixed": "QAT+mixed"}
+    cols = [(t, k) for t, row in report["targets"].items() for k in names if k in row]
+    rows = [["task", "FP32"] + [f"{t} {names[k]}" for t, k in cols]]
+    for task in report["fp32"]:
+        rows.append([task, f"{report['fp32'][task]:.2f}"]
+                    + [f"{report['targets'][t][k]['psnr'][task]:.2f}" for t, k in cols])
+    rows.append(["worst drop", ""] + [f"{report['targets'][t][k]['drop_db']['worst']:+.3f}" for t, k in cols])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 
 

@@ -169,8 +169,8 @@ def run_bench(artifacts, config: BenchConfig, *, command: str | None = None, pro
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "environment": env,
         "settings": {**dataclasses.asdict(config), "shapes": [list(s) for s in config.shapes],
-                     "timer": "time.perf_counter", "peak_rss": "resource.getrusage ru_maxrss of a fresh "
-                     "worker process per artifact, device and shape"},
+                     "timer": "time.perf_counter", "peak_rss": "VmHWM (Linux; ru_maxrss elsewhere) of a "
+                     "fresh worker process per artifact, device and shape"},
         "load_average_after": load_average(),
         "results": results + skipped,
     }

@@ -1,8 +1,8 @@
 """One benchmark measurement in a fresh process: `python -m datprl_edge.bench_worker SPEC RESULT`.
 
 SPEC is a JSON file (artifact, shape, threads, device, ...), RESULT the JSON file this writes.
-A process of its own per artifact and shape keeps peak RSS (ru_maxrss) from mixing between
-measurements. numpy + the artifact's runtime only: no torch.
+A process of its own per artifact and shape keeps peak RSS from mixing between measurements.
+numpy + the artifact's runtime only: no torch.
 """
 
 from __future__ import annotations
@@ -21,6 +21,16 @@ AUTO_TILE_SIDE = 2048  # longer sides than this are tiled when --tile is auto
 
 
 def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB.
+
+    On Linux this is VmHWM of /proc/self/status: ru_maxrss survives exec and so starts at the
+    parent's peak at fork time, which would charge the launcher's memory to the artifact."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes
     return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)

@@ -146,7 +146,8 @@ def export_model(model, config: ExportConfig, out_dir, *, progress=None) -> list
             quant, int8_source = quantize_for_target(float_model, qat, spec.name, config)
         meta = build_metadata(
             model_name=name, target=spec.name, precision=precision,
-            tasks=[config.task] if config.task else None, pad_multiple=pad_multiple, img_channel=channels,
+            tasks=[config.task] if config.task else _folded_tasks(float_model, qat),
+            pad_multiple=pad_multiple, img_channel=channels,
             tile_size=config.tile_size, tile_overlap=config.tile_overlap, source_sha256=config.source_sha256,
             shapes=format_shapes(config.shapes),
             extra=_target_extra(spec.name, precision, config, pad_multiple, quant))
@@ -314,6 +315,15 @@ def _geometry(model) -> tuple[int, int]:
 def _options(model) -> dict:
     cfg = getattr(model, "datprl_config", None) or {}
     return dict(cfg.get("options", {}))
+
+
+def _folded_tasks(float_model, qat) -> list | None:
+    """The task(s) a statically folded model (or a QAT result of one) was folded for, else None."""
+    if float_model is not None:
+        tasks = getattr(float_model, "tasks", None)
+    else:
+        tasks = (getattr(qat, "base_options", None) or {}).get("tasks")
+    return list(tasks) if isinstance(tasks, (list, tuple)) and tasks else None
 
 
 def _model_name(model) -> str:

@@ -6,10 +6,11 @@ import dataclasses
 from pathlib import Path
 
 from .errors import ConfigError, InputNotFoundError, UnknownChoiceError
+from .resources import resource_dir
 from .targets import PRECISIONS, parse_targets, resolve_precision
 from .targets.coreml import COMPUTE_UNITS
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "export"
+PROFILES_DIR = resource_dir("export")
 PROFILE_KEYS = ("target", "precision", "shapes", "dynamic", "tile_size", "tile_overlap", "compute_units",
                 "calibration", "qat_steps", "verify_images", "verify_size", "description")
 

@@ -14,8 +14,9 @@ import dataclasses
 from pathlib import Path
 
 from .errors import ConfigError, InputNotFoundError, UnknownChoiceError
+from .resources import resource_dir
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES_DIR = resource_dir("recipes")
 DEFAULT_RECIPE = "quick"
 
 DEFAULTS: dict = {

@@ -142,14 +142,16 @@ def drops(reference: dict, quantized: dict) -> dict:
     return {"tasks": per, "worst": max(per.values()), "mean": float(np.mean(list(per.values())))}
 
 
-def train(prepared, ref_model, pairs, cfg, *, log=None, state_dir=None) -> dict:
+def train(prepared, ref_model, pairs, cfg, *, log=None, state_dir=None, frozen=()) -> dict:
     """Distil `ref_model` into the fake-quant `prepared` for cfg.steps steps (in place).
 
     Loss: L1 to the reference output, plus cfg.gt_weight * L1 to the ground truth when every
     calibration item has one. Observers freeze at cfg.freeze_observers_at of the steps. With
     `state_dir`, state is saved atomically every cfg.checkpoint_every steps and resumed from there.
+    Parameters under the module names in `frozen` are not trained.
     """
-    params = [p for p in prepared.parameters() if p.requires_grad]
+    prefixes = tuple(f"{name}." for name in frozen)
+    params = [p for n, p in prepared.named_parameters() if p.requires_grad and not n.startswith(prefixes)]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.steps, 1), eta_min=cfg.lr * 0.05)
     gen = torch.Generator().manual_seed(cfg.seed)

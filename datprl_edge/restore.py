@@ -22,8 +22,7 @@ import numpy as np
 
 from .errors import ConfigError, DatprlEdgeError, InputNotFoundError, OutputExistsError
 from .io.images import FORMATS, image_format
-from .restore_tiling import aligned_tile_apply, tile_count
-from .tiling import plan_tiles
+from .tiling import plan_tiles, tile_apply
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 IMAGE_SUFFIXES = tuple(FORMATS) + DICOM_SUFFIXES
@@ -250,7 +249,7 @@ def restore_file(runner: Runner, job: RestoreJob, options: RestoreOptions = Rest
     restored = restore_array(runner, array, tile, overlap, progress=progress)
     del array  # large images: the input need not live while the output is written
     _write(job, restored, info, runner.name, options.overwrite, series_uids)
-    tiles = tile_count(shape[:2], tile, overlap, runner.pad_multiple)
+    tiles = plan_tiles(shape[0], shape[1], tile, overlap, max(1, int(runner.pad_multiple))).count
     fmt = "dicom" if job.dicom_out else image_format(job.dst)
     return FileResult(job.src, job.dst, shape, fmt, tiles, time.perf_counter() - start)
 
@@ -301,7 +300,7 @@ def restore_array(runner: Runner, image: np.ndarray, tile: int, overlap: int, *,
         return _to_channels(np.asarray(y, dtype=np.float32), channels)
 
     nchw = image.transpose(2, 0, 1)[None]
-    out = aligned_tile_apply(fn, nchw, tile, overlap, max(1, int(runner.pad_multiple)), progress=progress)
+    out = tile_apply(fn, nchw, tile, overlap, max(1, int(runner.pad_multiple)), progress=progress)
     if not np.isfinite(out).all():
         from .errors import NonFiniteInputError
 

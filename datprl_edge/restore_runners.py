@@ -115,6 +115,13 @@ def module_runner(net, name: str, *, task: str = AUTO) -> Runner:
 
     task = _check_task_text(task)
     override, fixed = _task_override(net, task, name)
+    if override == FOLD:
+        from .export_sources import fold_for_task
+
+        # adaptive prompts are not tied to task ids: the task's prompt is its composed prompt,
+        # averaged over the task's calibration images and baked into static weights (as export --task)
+        net, _ = fold_for_task(net, task)
+        override, name = None, f"{name} folded for {task}"
     first_conv = next((m for m in net.modules() if isinstance(m, torch.nn.Conv2d)), None)
     in_channels = int(getattr(net, "img_channel", 0) or (first_conv.in_channels if first_conv else 3))
     own_pad = getattr(net, "pad_multiple", None)
@@ -151,6 +158,11 @@ def _task_override(net, task: str, name: str):
         raise ConfigError(f"{name} ({type(net).__name__}) has no prompt override, so --task cannot force a "
                           "task; use --task auto")
     mapping = _prompt_map(cfg)
+    if mapping is None and _foldable(net):
+        from .data.tasks import get_task
+
+        get_task(task)  # a typo gets "did you mean" before any work
+        return FOLD, [task]
     if mapping is None:
         raise ConfigError(f"{name} was trained with adaptive prompts: its prompt-pool entries are not tied "
                           "to task ids, so --task cannot force one; use --task auto, or a model folded for "
@@ -161,6 +173,15 @@ def _task_override(net, task: str, name: str):
 
     domain, degradation = mapping[task]
     return PromptOverride(domain=int(domain), task=int(degradation)), [task]
+
+
+FOLD = "fold"  # _task_override's answer for an adaptive student: fold the task's prompt first
+
+
+def _foldable(net) -> bool:
+    from .models.student import EdgeDATPRL
+
+    return isinstance(net, EdgeDATPRL)
 
 
 def _prompt_map(cfg) -> dict | None:

@@ -6,9 +6,10 @@ validation drop is within budget.
    worst-task PSNR drop shrinks when only that layer's weight and output quantizers are off.
 2. Greedy choice on that model: switch layers off in ranking order until the drop is within
    budget.
-3. Check with the target's own quantizer (prepare with those float layers, calibrate, QAT); if
-   the drop is still over budget, add the next layers in ranking order and try again (at most
-   `MAX_ROUNDS` times). The config records the ranking, the choice and every measured drop.
+3. Check with the target's own quantizer (prepare, calibrate, QAT): first with no float layer
+   (QAT alone may already be within budget), then with the greedy choice, then adding the next
+   layers in ranking order (at most `MAX_ROUNDS` tries). The config records the ranking, the
+   choice and every measured drop.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from .qat_train import drops, evaluate
 from .quant_scope import calibrate, frozen_observers, quantizable_layers
 
-MAX_ROUNDS = 3
+MAX_ROUNDS = 4
 
 
 def rank_layers(base, example, batches, val, fp32, float_layers, multiple):
@@ -71,20 +72,21 @@ def search(base, config, example, batches, val, fp32, user_float, build, say):
         k, trace = greedy_count(proxy, ranking, val, fp32, config.max_drop, multiple)
     rounds = []
     order = [name for name, _ in ranking]
+    tries, n = [0] + ([k] if k else []), 0
     while True:
-        floats = _in_model_order(base, user_float + tuple(order[:k]))
+        n = tries.pop(0) if tries else min(len(order), max(n + 1, 2 * n))
+        floats = _in_model_order(base, user_float + tuple(order[:n]))
         say(f"sensitivity: {config.target} with {len(floats)} float layer(s)")
         prepared = build(floats)
         measured = drops(fp32, evaluate(prepared, val, multiple))
         rounds.append({"float_layers": list(floats), "drop_worst": measured["worst"],
                        "drop_mean": measured["mean"]})
-        if measured["worst"] <= config.max_drop or k >= len(order) or len(rounds) >= MAX_ROUNDS:
+        if measured["worst"] <= config.max_drop or n >= len(order) or len(rounds) >= MAX_ROUNDS:
             break
-        k = min(len(order), max(k + 1, 2 * k))
     report = {"budget_db": config.max_drop, "metric": "worst-task PSNR drop vs FP32 (dB)",
               "ranking_scheme": "onnx PT2E proxy, one layer's weight+output quantizers off",
               "proxy_drop_all_int8": float(full),
-              "ranking": [[n, g] for n, g in ranking], "proxy_greedy": trace, "rounds": rounds,
+              "ranking": [[layer, g] for layer, g in ranking], "proxy_greedy": trace, "rounds": rounds,
               "within_budget": rounds[-1]["drop_worst"] <= config.max_drop}
     return prepared, floats, report
 

@@ -113,6 +113,12 @@ def test_missing_artifact_and_existing_output(artifacts, no_torch, tmp_path):
     assert "exists; pass --overwrite" in error_line(proc) and out.read_text() == "{}"
 
 
+def test_torch_commands_on_a_device_install_say_what_to_install(no_torch):
+    proc = run_cli(no_torch, "inspect", "edge-xs")
+    assert error_line(proc).endswith("install it, or the toolkit with its extra: "
+                                     "pip install 'datprl-edge[torch]'")
+
+
 @pytest.mark.skipif(sys.platform == "darwin", reason="Core ML predicts on macOS")
 def test_coreml_off_macos_says_so(no_torch, tmp_path):
     package = tmp_path / "m_coreml_fp16.mlpackage"

@@ -169,3 +169,14 @@ def test_cli_unknown_task(capsys, tmp_path):
     code, _, err = run_cli(capsys, "export", "edge-xs", "--target", "onnx", "--task", "medical/ct_denoize",
                            "-o", tmp_path)
     assert code == 2 and "did you mean 'medical/ct_denoise'" in err
+
+
+def test_folded_models_carry_their_task_into_the_metadata():
+    from types import SimpleNamespace
+
+    from datprl_edge.export import _folded_tasks
+
+    assert _folded_tasks(SimpleNamespace(tasks=("medical/ct_denoise",)), None) == ["medical/ct_denoise"]
+    qat = SimpleNamespace(base_options={"tasks": ["remote/dehaze"], "width": 16})
+    assert _folded_tasks(None, qat) == ["remote/dehaze"]
+    assert _folded_tasks(SimpleNamespace(), None) is None  # an unfolded model routes itself: "auto"

@@ -89,6 +89,11 @@ def test_qat_round_trip(target, student, tmp_path):
         assert (result.converted()(x) - fq).abs().max() < 0.05
     m = result.metrics
     assert set(m["psnr_fp32"]) == {"natural/denoise"} and np.isfinite(m["drop_db"]["worst"])
+    # QAT trains the pixel path; the routing (query mappers, prompt pools) stays as it was
+    trained = dict(result.prepared.named_parameters())
+    routing = [k for k in before if k.startswith(("domain_mapper.", "degradation_prompt_pool."))]
+    assert routing and all(torch.equal(trained[k], before[k]) for k in routing if k in trained)
+    assert not torch.equal(trained["intro.weight"], before["intro.weight"])
 
     path = save_qat(result, tmp_path / f"q-{target}.safetensors")
     loaded = load_qat(path)

@@ -381,12 +381,17 @@ def test_static_artifact_is_tiled_at_its_size(tmp_path, capsys, xs):
 
 # -- --task on models without a task map ---------------------------------------------------------
 
-def test_task_is_refused_where_no_mapping_exists(tmp_path, capsys, identity, xs):
+def test_task_on_an_adaptive_student_folds_it_and_is_refused_without_prompts(tmp_path, capsys, identity, xs):
     _, ckpt, _ = xs
     src = tmp_path / "a.png"
     Image.fromarray(RNG.integers(0, 256, (16, 16), dtype=np.uint8)).save(src)
-    for model, needle in ((ckpt, "adaptive prompts"), (identity, "no prompt override")):
-        code, _, err = run_cli(capsys, "restore", model, src, "-o", tmp_path / "b.png",
-                               "--task", "natural/denoise")
-        assert needle in _single_error_line(code, err)
+    code, _, err = run_cli(capsys, "restore", ckpt, src, "-o", tmp_path / "f.png",
+                           "--task", "medical/ct_denoise")
+    assert code == 0 and (tmp_path / "f.png").exists(), err
+    code, _, err = run_cli(capsys, "restore", ckpt, src, "-o", tmp_path / "b.png",
+                           "--task", "natural/denoize")
+    assert "did you mean" in _single_error_line(code, err)
+    code, _, err = run_cli(capsys, "restore", identity, src, "-o", tmp_path / "b.png",
+                           "--task", "natural/denoise")
+    assert "no prompt override" in _single_error_line(code, err)
     assert not (tmp_path / "b.png").exists()

@@ -20,7 +20,8 @@ BLOCKED = {blocked!r}
 class _Block:
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"{{name}} is blocked: this must run without it")
+            # what a missing package raises (the name is what the CLI's hint reads)
+            raise ModuleNotFoundError(f"{{name}} is blocked: this must run without it", name=name)
         return None
 
 

@@ -76,17 +76,46 @@ def run(args) -> int:
     if args.verify_size:
         fields["verify_size"] = parse_hw(args.verify_size)
     probe = ExportConfig(**fields)  # validates options before any model is loaded
-    model, info = load_source(args.model, args.network, probe)
-    config = ExportConfig(**fields, model_name=args.name or info["name"], source_sha256=info["sha256"],
-                          overwrite=args.overwrite)
-    reports = export_model(model, config, Path(args.output),
-                           progress=lambda msg: print(f"datprl-edge: {msg}", file=sys.stderr, flush=True))
+    reports, labels = [], []
+
+    def say(msg):
+        print(f"datprl-edge: {msg}", file=sys.stderr, flush=True)
+
+    for fields_part, source in _export_plan(args, fields, probe):
+        model, info = source if isinstance(source, tuple) else load_source(source, args.network, probe)
+        config = ExportConfig(**fields_part, model_name=args.name or info["name"],
+                              source_sha256=info["sha256"], overwrite=args.overwrite)
+        reports += export_model(model, config, Path(args.output), progress=say)
+        labels.append(info["label"])
     if args.json:
         print(json.dumps([r.to_dict() for r in reports], indent=2, default=str))
     else:
-        print(f"model: {info['label']}")
+        print("model: " + "; ".join(dict.fromkeys(labels)))
         print(format_reports(reports))
     return 0
+
+
+def _export_plan(args, fields: dict, probe) -> list:
+    """[(config fields, model spec or loaded (model, info))]: one export of MODEL, except that with
+    no MODEL every target's INT8 artifact comes from that target's shipped QAT weights (when they
+    are installed) and the other precisions from the bundled float student."""
+    if args.model is not None or "int8" not in (probe.precision or "").split(","):
+        return [(fields, args.model)]
+    shipped = {t: _bundled_int8(t) for t in probe.targets}
+    shipped = {t: p for t, p in shipped.items() if p is not None}
+    if not shipped:
+        return [(fields, args.model)]
+    plan = []
+    for target, path in shipped.items():
+        plan.append((dict(fields, targets=(target,), precision="int8"),
+                     _load_qat(path, f"{DEFAULT_MODEL} (shipped QAT weights {path.name})")))
+    rest_targets = [t for t in probe.targets if t not in shipped]
+    if rest_targets:
+        plan.append((dict(fields, targets=tuple(rest_targets)), None))
+    others = [p for p in (probe.precision or "").split(",") if p and p != "int8"]
+    if others:
+        plan.append((dict(fields, targets=tuple(shipped), precision=",".join(others)), None))
+    return plan
 
 
 def load_source(spec, network, config):
@@ -99,9 +128,6 @@ def load_source(spec, network, config):
             raise InputNotFoundError("no bundled student in this install (bundled:edge-xs is missing); "
                                      "pass a checkpoint, bundled:NAME or a registry name such as edge-xs")
         spec = DEFAULT_MODEL
-        qat_path = _bundled_int8(config)
-        if qat_path is not None:
-            return _load_qat(qat_path, f"{DEFAULT_MODEL} (shipped QAT weights {qat_path.name})")
     spec = str(spec)
     if spec.startswith(BUNDLED_PREFIX):
         path = bundled_path(spec[len(BUNDLED_PREFIX):])
@@ -122,13 +148,11 @@ def load_source(spec, network, config):
                    "label": f"{spec} (random init: registry name, no trained weights)"}
 
 
-def _bundled_int8(config):
-    """The shipped QAT weights of the bundled student for an int8 export to one target, if any."""
+def _bundled_int8(target: str):
+    """The shipped QAT weights of the bundled student for `target`, if installed."""
     from ..models.loading import WEIGHTS_DIR
 
-    if config.precision != "int8" or len(config.targets) != 1:  # one QAT result serves one target
-        return None
-    path = WEIGHTS_DIR / f"edge-xs-int8-{config.targets[0]}.safetensors"
+    path = WEIGHTS_DIR / f"edge-xs-int8-{target}.safetensors"
     return path if path.is_file() else None
 
 

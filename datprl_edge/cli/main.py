@@ -58,6 +58,12 @@ def main(argv=None) -> int:
             raise
         print(f"datprl-edge: error: {one_line(e)}", file=sys.stderr)
         return e.exit_code
+    except ModuleNotFoundError as e:
+        hint = missing_dependency_hint(e.name or "")
+        if debug or hint is None:
+            raise
+        print(f"datprl-edge: error: {hint}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("datprl-edge: interrupted", file=sys.stderr)
         return 130
@@ -66,6 +72,21 @@ def main(argv=None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return int(code or 0)
+
+
+# Optional dependencies by top-level module: a device install (numpy + one runtime) has no torch.
+_EXTRAS = {"torch": "torch", "torchao": "torch", "safetensors": "torch", "yaml": "torch",
+           "matplotlib": "report", "onnx": "export", "onnxscript": "export",
+           "onnxruntime": "onnxruntime", "openvino": "openvino", "nncf": "export", "coremltools": "export"}
+
+
+def missing_dependency_hint(module: str) -> str | None:
+    top = module.split(".")[0]
+    extra = _EXTRAS.get(top)
+    if extra is None:
+        return None
+    return (f"this command needs the Python package '{top}', which is not installed: "
+            f"install it, or the toolkit with its extra: pip install 'datprl-edge[{extra}]'")
 
 
 def one_line(e: BaseException) -> str:
