@@ -2,9 +2,11 @@
 
 Layers are named by their module path ("decoders.0.0.conv1"). The prompt path (query mappers,
 prompt pools and the FiLM prompt projections) works on pooled (B, C) vectors: it costs almost
-nothing, and quantizing it can flip the discrete top-k prompt choice, so every scheme keeps it in
-float by design. `float_layers` are pixel-path layers the user or the sensitivity search keeps in
-float on top of that.
+nothing, and quantizing its activations can flip the discrete top-k prompt choice, so every scheme
+keeps its activations in float by design. The ONNX scheme still stores its conv / linear weights as
+int8 (weight-only, per output channel: the top-k sees float activations); the others keep it fully
+float. `float_layers` are pixel-path layers the user or the sensitivity search keeps in float on
+top of that.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def _prompt_types():
 
 
 def prompt_path_modules(model) -> list[str]:
-    """Names of the outermost query-mapper / prompt-pool modules (kept float by every scheme)."""
+    """Names of the outermost query-mapper / prompt-pool modules (float activations in every scheme)."""
     routing, _ = _prompt_types()
     return _outermost(model, routing)
 

@@ -83,7 +83,8 @@ def to_fp16(proto):
 
 
 def strip_debug_info(proto) -> None:
-    """Drop the exporter's per-node stack traces and names: they are a third of a small file."""
+    """Drop the exporter's per-node stack traces and the intermediate shape annotations
+    (`value_info`, which runtimes infer again): they are a third of a small file."""
     g = proto.graph
     for node in g.node:
         del node.metadata_props[:]
@@ -91,6 +92,7 @@ def strip_debug_info(proto) -> None:
     for group in (g.value_info, g.input, g.output, g.initializer):
         for item in group:
             del item.metadata_props[:]
+    del g.value_info[:]
     del proto.metadata_props[:]
     proto.doc_string = ""
 

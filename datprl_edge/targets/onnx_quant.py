@@ -9,9 +9,12 @@ onnxruntime's QDQ fusion wants (X86InductorQuantizer leaves conv outputs in floa
 torchao 0.18 ships it under `torchao.testing.pt2e` (marked deprecated in favour of executorch's
 copy, which needs executorch); the pinned torchao is the one this was checked against.
 
-Kept in float: the prompt path (every node of a query mapper or prompt pool, and every node whose
-output is not a 4-D feature map) and the `float_layers` (their weights and output; a float layer
-still reads an int8 input when its producer is quantized).
+The prompt path (every node of a query mapper or prompt pool, and every node whose output is not a
+4-D feature map, such as the FiLM prompt projections) is quantized weight-only: its conv / linear
+weights are int8 symmetric per output channel (int8 initializers feeding DequantizeLinear, so the
+file shrinks), while its activations stay float, so the discrete top-k prompt choice sees float
+queries and cannot flip on an activation rounding step. The `float_layers` stay fully float (their
+weights and output; a float layer still reads an int8 input when its producer is quantized).
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ SCHEME = {
     "weights": "int8 symmetric per output channel, [-127, 127]",
     "activations": "int8 per-tensor affine, [-128, 127], moving-average min/max",
     "quantized_ops": ["conv2d", "linear", "add", "mul", "cat"],
-    "float_by_design": PROMPT_PATH,
+    "float_by_design": f"activations of the {PROMPT_PATH}",
+    "weight_only": f"conv / linear weights of the {PROMPT_PATH}: int8 symmetric per output channel, "
+                   "float activations (the top-k routing sees float queries)",
     "float_layer_semantics": "weights and output stay float; the input is int8 if its producer is quantized",
     "converted": "torch.fx.GraphModule with quantize/dequantize ops and int8 weight constants",
     "export": "torch.onnx.export(converted, dynamo=True) -> QDQ ONNX (int8 initializers)",
@@ -47,11 +52,12 @@ def quantizer(float_layers=(), model=None):
     from torchao.testing.pt2e._xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
 
     scopes = tuple(prompt_path_modules(model)) if model is not None else ()
-    marker = FloatScopeMarker(scopes, tuple(float_layers))
+    config = get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
+    marker = FloatScopeMarker(scopes, tuple(float_layers), prompt_weight_qspec=config.weight)
     with warnings.catch_warnings():  # "XNNPACKQuantizer is deprecated!": see the module docstring
         warnings.simplefilter("ignore")
         xnnpack = XNNPACKQuantizer()
-    xnnpack.set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
+    xnnpack.set_global(config)
     if not _has_batchnorm(model):
         # the conv+BN QAT patterns cost seconds of pattern tracing and match nothing without BN
         xnnpack.STATIC_QAT_ONLY_OPS = []
@@ -171,6 +177,16 @@ def _is_feature_map(node) -> bool:
     return getattr(val, "dim", lambda: 0)() == 4
 
 
+def _weight_input(node):
+    """The parameter (get_attr) weight of a conv2d / linear node, else None."""
+    import torch
+
+    if node.target not in (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default):
+        return None
+    weight = node.args[1] if len(node.args) > 1 else None
+    return weight if getattr(weight, "op", None) == "get_attr" else None
+
+
 def _base_quantizer():
     from torchao.quantization.pt2e.quantizer import Quantizer
 
@@ -178,12 +194,15 @@ def _base_quantizer():
 
 
 class FloatScopeMarker(_base_quantizer()):
-    """Marks prompt-path and float-layer nodes as handled (empty annotation) so that the
-    XNNPACK quantizer, which skips annotated nodes, leaves them in float."""
+    """Marks prompt-path and float-layer nodes as handled so that the XNNPACK quantizer, which
+    skips annotated nodes, leaves their activations in float. Prompt-path conv / linear nodes get
+    a weight-only annotation (`prompt_weight_qspec` on the weight input, nothing else); all other
+    marked nodes get an empty one."""
 
-    def __init__(self, scopes=(), float_layers=()):
+    def __init__(self, scopes=(), float_layers=(), prompt_weight_qspec=None):
         super().__init__()
         self.scopes, self.float_layers = tuple(scopes), tuple(float_layers)
+        self.prompt_weight_qspec = prompt_weight_qspec
         self.float_nodes: set = set()
 
     def annotate(self, model):
@@ -194,8 +213,13 @@ class FloatScopeMarker(_base_quantizer()):
             if node.op != "call_function":
                 continue
             prompt = not _is_feature_map(node) or _in_scope(node, self.scopes)
-            if prompt or _in_scope(node, self.float_layers):
-                node.meta["quantization_annotation"] = QuantizationAnnotation(_annotated=True)
+            float_layer = _in_scope(node, self.float_layers)
+            if prompt or float_layer:
+                weight_only = prompt and not float_layer and self.prompt_weight_qspec is not None
+                weight = _weight_input(node) if weight_only else None
+                qspecs = {weight: self.prompt_weight_qspec} if weight is not None else {}
+                node.meta["quantization_annotation"] = QuantizationAnnotation(
+                    input_qspec_map=qspecs, _annotated=True)
                 if not prompt:
                     self.float_nodes.add(node)
         return model
