@@ -1,6 +1,7 @@
 """The headline benchmark suites; each writes benchmarks/results/<suite>.json.
 
     python benchmarks/run_headline.py [--suite NAME ...] [--artifacts DIR] [--out DIR] [--wait-quiet S]
+    python benchmarks/run_headline.py --limits-only   # recompute the `limits` texts of existing results
 
 Suites (targets are figures to report, never test assertions):
   speedup_256   student INT8 (OpenVINO) vs the released 6T full model in OpenVINO FP32, 256x256,
@@ -10,7 +11,9 @@ Suites (targets are figures to report, never test assertions):
   ct_512        a 512x512 CT slice; target: at most 60 ms
   frame_4k      a 3840x2160 frame, tiled; target: at most 2.5 s with peak RSS at most 1 GB
 Timing runs through `datprl_edge.bench.run_bench` (the `datprl-edge bench` engine: a fresh process
-per measurement, no torch). A missed target gets OpenVINO per-layer counters (profile_openvino.py).
+per measurement, no torch). A missed target gets OpenVINO per-layer counters (profile_openvino.py)
+and a `limits` text built from them (top op types), the counted MACs (speedup_256) or the tiling
+(frame_4k).
 """
 
 from __future__ import annotations
@@ -69,7 +72,8 @@ def by_artifact(report: dict) -> dict:
 
 def target(name: str, measured: float, limit: float, unit: str, higher_is_better: bool) -> dict:
     met = measured >= limit if higher_is_better else measured <= limit
-    entry = {"name": name, "target": limit, "measured": round(measured, 3), "unit": unit, "met": met}
+    entry = {"name": name, "target": limit, "measured": round(measured, 3), "unit": unit, "met": met,
+             "higher_is_better": higher_is_better}
     if not met:
         entry["missed_by"] = (f"{limit / measured:.2f}x short ({measured:.3g} vs {limit:.3g} {unit})"
                               if higher_is_better else
@@ -159,6 +163,114 @@ def suite_4k(arts, threads) -> dict:
     }
 
 
+def add_limits(doc: dict, results_dir: Path) -> dict:
+    """Give each missed target of a suite's results `doc` a `limits` text built from what was measured:
+    the top op types of the OpenVINO profiles, plus the MAC bound (speedup_256) or the tiling (frame_4k)."""
+    missed = [t for t in doc["targets"] if not t["met"]]
+    if not missed:
+        return doc
+    profiles = " ".join(profile_text(p) for p in doc.get("profiles", []))
+    suite = doc["suite"]
+    for t in missed:
+        if suite == "speedup_256":
+            text = speedup_limits(doc, t, results_dir)
+        elif suite == "frame_4k":
+            text = frame_limits(doc, t)
+        else:
+            text = ""
+        t["limits"] = " ".join(s for s in (text, profiles) if s) or "no profile was recorded"
+    return doc
+
+
+def profile_text(p: dict, top: int = 3) -> str:
+    shape = "x".join(str(v) for v in p.get("shape", []))
+    ops = ", ".join(f"{r['name']} {r['share']:.0%}" for r in p.get("by_layer_type", [])[:top])
+    text = (f"OpenVINO counters of {p.get('artifact')} at {shape}: {ops} of the "
+            f"{p.get('sum_of_layers_ms', 0):.0f} ms sum of layer times")
+    if "int8_kernel_time_share" in p:
+        text += f"; INT8 kernels run {p['int8_kernel_time_share']:.0%} of it"
+    return text + "."
+
+
+def ok_rows(doc: dict) -> list:
+    return [r for rep in doc.get("bench", []) for r in rep.get("results", []) if r.get("status") == "ok"]
+
+
+def count_model_macs(name: str, shape=(256, 256)) -> int:
+    """MACs of the registered torch model `name` at 1x3xHxW (built on the meta device: shapes only)."""
+    import torch
+
+    from datprl_edge.models.complexity import count_macs
+    from datprl_edge.models.registry import create_model
+
+    with torch.device("meta"):
+        model = create_model(name)
+    return count_macs(model, (1, 3, *shape)).total
+
+
+def speedup_limits(doc: dict, t: dict, results_dir: Path) -> str:
+    fig = doc["figures"]
+    names = [rep["results"][0].get("model_name") for rep in doc.get("bench", []) if rep.get("results")]
+    student, full = (names + [None, None])[:2]
+    student, full = student or "edge-xs", full or "restormer-6t"
+    shape = tuple(ok_rows(doc)[0]["shape"]) if ok_rows(doc) else (256, 256)
+    try:
+        macs_s, macs_f = count_model_macs(student, shape), count_model_macs(full, shape)
+    except Exception as e:  # noqa: BLE001 - the text says why instead of losing the whole suite
+        return f"MACs not counted ({type(e).__name__}: {e})."
+    ratio, goal = macs_f / macs_s, t["target"]
+    rate_s = macs_s / fig["student_int8_openvino_ms"]["mean"] / 1e6  # GMAC/s
+    rate_f = macs_f / fig["full_6t_fp32_openvino_ms"]["mean"] / 1e6
+    text = (f"Counted MACs at {shape[0]}x{shape[1]} (torch FlopCounterMode): {full} {macs_f / 1e9:.1f} G, "
+            f"{student} {macs_s / 1e9:.3g} G, a ratio of {ratio:.0f}x; at equal efficiency per MAC the "
+            f"speed-up would be about {ratio:.0f}x, ")
+    if ratio < goal:
+        text += (f"so {goal:g}x needs the student to be {goal / ratio:.2f}x more efficient per MAC than the "
+                 "full model. ")
+    else:
+        text += f"so the MAC ratio alone allows {goal:g}x and the shortfall is efficiency per MAC. "
+    text += (f"Measured, the student ran {rate_s:.2f} GMAC/s against the full model's {rate_f:.2f} GMAC/s "
+             f"({rate_s / rate_f:.2f}x per MAC).")
+    int8 = results_dir / "int8_vs_fp32.json"
+    if int8.is_file():
+        other = json.loads(int8.read_text(encoding="utf-8"))
+        k = other.get("figures", {}).get("openvino_int8_speedup_mean")
+        if k is not None:
+            text += (f" INT8 vs FP32 of the student gives {k:.2f}x in OpenVINO (int8_vs_fp32 suite, "
+                     f"{other.get('created', '?')}).")
+    return text
+
+
+def frame_limits(doc: dict, t: dict) -> str:
+    tiled = [r for r in ok_rows(doc) if r.get("tiled")]
+    rows = [r for r in tiled if r.get("precision") == "int8"] or tiled
+    if not rows:
+        return "No tiled run was recorded."
+
+    def size(r):
+        v = r["tiled"]["tile"]
+        return f"{v[0]}x{v[1]}" if isinstance(v, list) else str(v)
+
+    def per_tile(r):
+        return r["latency_ms"]["mean"] / max(1, r["tiled"].get("tiles") or 1)
+
+    best = min(rows, key=lambda r: r["latency_ms"]["mean"])
+    each = "; ".join(f"tile {size(r)}: {r['tiled'].get('tiles')} tiles, {per_tile(r):.0f} ms per tile"
+                     for r in rows)
+    tiling = best["tiled"]
+    text = (f"The fastest {best.get('precision') or ''} run splits the frame into "
+            f"{tiling.get('tiles')} tiles of {size(best)} px (overlap {tiling.get('overlap')}): "
+            f"{best['latency_ms']['mean'] / 1e3:.2f} s per frame, {per_tile(best):.0f} ms per tile including "
+            f"the blend ({each}).")
+    budget = next((x for x in doc["targets"] if x["unit"] == "MB"), None)
+    rss = best.get("peak_rss_mb")
+    if budget and rss is not None:
+        limit = budget["target"]
+        where = "far under" if rss < limit / 2 else "under" if rss <= limit else "over"
+        text += f" Peak RSS {rss:.0f} MB is {where} the {limit:g} MB budget ({rss / limit:.0%} of it)."
+    return text
+
+
 RUNNERS = {"speedup_256": suite_speedup, "int8_vs_fp32": suite_int8, "ct_512": suite_ct, "frame_4k": suite_4k}
 
 
@@ -179,7 +291,17 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="short runs to check the script (not for results)")
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                     help="wait up to S seconds for the 1-minute load to drop below half the cores")
+    ap.add_argument("--limits-only", action="store_true",
+                    help="measure nothing: recompute the `limits` texts of the results already in --out")
     args = ap.parse_args(argv)
+    if args.limits_only:
+        for name in args.suite or SUITES:
+            path = Path(args.out) / f"{name}.json"
+            if path.is_file():
+                doc = add_limits(json.loads(path.read_text(encoding="utf-8")), Path(args.out))
+                write_text_atomic(path, json.dumps(doc, indent=2) + "\n")
+                print(f"{path}: " + " | ".join(t.get("limits", "met") for t in doc["targets"]), flush=True)
+        return 0
     threads = args.threads or default_threads()
     if args.quick:
         SETTINGS.update(QUICK)
@@ -214,11 +336,12 @@ def main(argv=None) -> int:
             "onnxruntime_profiles": result.get("onnxruntime_profiles", []),
             "bench": result["bench"],
         }
+        add_limits(doc, out_dir)
         path = out_dir / f"{name}.json"
         write_text_atomic(path, json.dumps(doc, indent=2) + "\n")
         for t in result["targets"]:
             print(f"{name}: {t['name']}: {t['measured']} {t['unit']} (target {t['target']}) "
-                  f"{'met' if t['met'] else 'MISSED ' + t['missed_by']}", flush=True)
+                  f"{'met' if t['met'] else 'MISSED ' + t['missed_by'] + '. ' + t['limits']}", flush=True)
         print(f"wrote {path}", flush=True)
     return 0
 

@@ -226,3 +226,59 @@ def test_busy_machine_is_said_plainly(run_dir, tmp_path):
     bench.write_text(json.dumps(data))
     html = build_report(run_dir, tmp_path / "r.html").html.read_text()
     assert "machine was busy" in html and "7.5 on 2 CPUs" in html
+
+
+HEADLINE = {
+    "suite": "speedup_256", "created": "2026-01-02T03:04:05+0000", "cpus": 2,
+    "load_average_start": [6.5, 5.0, 4.0], "load_average_end": [7.0, 5.5, 4.2],
+    "targets": [{"name": "student INT8 vs 6T FP32 speed-up at 256x256", "target": 500, "measured": 173.3,
+                 "unit": "x", "met": False, "missed_by": "2.89x short (173 vs 500 x)",
+                 "higher_is_better": True,
+                 "limits": "the MAC ratio is 211x; Convolution 37%, PowerStatic 15%, Multiply 14%."},
+                {"name": "toy latency", "target": 60, "measured": 41.0, "unit": "ms", "met": True,
+                 "higher_is_better": False}],
+    "figures": {}, "profiles": [], "bench": [],
+}
+
+
+def test_edge_targets_from_the_run_folder(run_dir, tmp_path):
+    _write(run_dir / "headline" / "speedup_256.json", HEADLINE)
+    result = build_report(run_dir, tmp_path / "r.html")
+    html, md = result.html.read_text(), result.markdown.read_text()
+    data = json.loads(result.json.read_text())
+    for text in (html, md):
+        assert "Edge targets" in text and "missed by 2.89x short (173 vs 500 x)" in text
+        assert "the MAC ratio is 211x" in text and "at least 500 x" in text and "at most 60.0 ms" in text
+        assert "speedup_256.json (created 2026-01-02T03:04:05+0000, 2 CPUs" in text
+        assert "machine was shared" in text  # load 7.0 on 2 CPUs
+    assert '<h2 id="headline">' in html
+    head = data["headline"]
+    assert head["source"] == "run folder" and head["files"][0].endswith("headline/speedup_256.json")
+    assert [r[3] for r in head["rows"]] == ["missed by 2.89x short (173 vs 500 x)", "met"]
+    assert head["targets"][0]["measured"] == 173.3 and head["targets"][0]["suite"] == "speedup_256"
+    assert head["measured_on"][0]["load_average_end"] == [7.0, 5.5, 4.2]
+
+
+def test_edge_targets_absent_is_one_line(run_dir, tmp_path, monkeypatch):
+    from datprl_edge.report import headline
+
+    monkeypatch.setattr(headline, "committed_results_dir", lambda: tmp_path / "no-results")
+    result = build_report(run_dir, tmp_path / "r.html")
+    md = result.markdown.read_text()
+    section = md[md.index("## Edge targets"):].strip().splitlines()
+    assert len(section) == 3 and section[2].startswith("No headline benchmark results")  # one line
+    assert "No headline benchmark results" in result.html.read_text()
+    assert json.loads(result.json.read_text())["headline"]["rows"] == []
+
+
+def test_edge_targets_from_the_committed_results(run_dir, tmp_path, monkeypatch):
+    from datprl_edge.report import headline
+
+    committed = tmp_path / "benchmarks" / "results"
+    _write(committed / "ct_512.json", dict(HEADLINE, suite="ct_512", targets=HEADLINE["targets"][1:]))
+    _write(committed / "unrelated.json", {"x": 1})  # only the four suites are read
+    monkeypatch.setattr(headline, "committed_results_dir", lambda: committed)
+    data = json.loads(build_report(run_dir, tmp_path / "r.html").json.read_text())["headline"]
+    assert data["source"] == "toolkit" and [Path(f).name for f in data["files"]] == ["ct_512.json"]
+    assert data["rows"] == [["ct_512: toy latency", "41.0 ms", "at most 60.0 ms", "met", "-"]]
+    assert "committed with the toolkit" in data["caption"]

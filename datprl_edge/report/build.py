@@ -12,6 +12,7 @@ from ..errors import ConfigError
 from ..io.atomic import atomic_path, check_not_input
 from . import html as H
 from .collect import RunData, collect
+from .headline import load_headline
 from .plots import pareto_front, pareto_plot, pareto_points, task_bars
 from .recommend import DEFAULT_MAX_DROP, Recommendation, recommend
 from .tables import Table, artifacts_table, latency_table, psnr_table, stages_table
@@ -42,7 +43,8 @@ def build_report(run_dir, out_html, *, budget_ms: float | None = None,
 
     paths = output_paths(out_html)
     run = collect(run_dir)
-    inputs = [Path(run_dir) / p for files in run.sources.values() for p in files]
+    edge = load_headline(run_dir)
+    inputs = [Path(run_dir) / p for files in run.sources.values() for p in files] + edge.files
     for p in paths:
         check_not_input(p, inputs)
         if p.exists() and not overwrite:
@@ -69,17 +71,17 @@ def build_report(run_dir, out_html, *, budget_ms: float | None = None,
                 H.table_html(by_key["psnr"]),
                 '<h2 id="bars">Per-task PSNR</h2>\n' + H.image_html(bars, "per-task PSNR bars",
                                                                      "No eval report: no per-task PSNR."),
-                _visuals_html(run, visuals), H.table_html(by_key["candidates"], rec.artifact),
+                _visuals_html(run, visuals), H.table_html(by_key["candidates"], rec.artifact), edge.html(),
                 H.table_html(by_key["latency"]), H.table_html(by_key["stages"])]
     page = H.page(title=title, meta_lines=[m for m in meta if m], recommendation=rec, sections=sections)
-    md = _markdown(title, meta, rec, run, tables)
+    md = _markdown(title, meta, rec, run, tables) + "\n" + edge.markdown()
     data = {"schema": SCHEMA, "created": created, "run_dir": str(Path(run_dir).resolve()),
             "toolkit_version": __version__, "shape": shape, "recommendation": rec.to_dict(),
             "sources": run.sources, "artifacts": [_artifact_json(a, shape) for a in run.artifacts],
             "pareto_front": [p[0] for p in pareto_front(pareto_points(run, shape))] if shape else [],
             "tables": {t.key: {"title": t.title, "caption": t.caption, "header": t.header, "rows": t.rows}
                        for t in tables},
-            "visuals": [v["task"] for v, _ in visuals]}
+            "visuals": [v["task"] for v, _ in visuals], "headline": edge.to_dict()}
     for path, text in zip(paths, (page, md, json.dumps(data, indent=2) + "\n")):
         with atomic_path(path) as tmp:
             tmp.write_text(text, encoding="utf-8")
