@@ -127,3 +127,19 @@ def _arch_opts(model):
 
 def _arch_opts_of(name):
     return _arch_opts(create_model(name))[1]
+
+
+def test_atomic_outputs_get_the_usual_file_mode(tmp_path):
+    import os
+
+    from datprl_edge.io.atomic import atomic_path
+
+    dest = tmp_path / "out.bin"
+    with atomic_path(dest) as tmp:
+        tmp.unlink()  # a writer that creates its own file, as safetensors does, with mode 0600
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, b"x")
+        os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert dest.read_bytes() == b"x" and (dest.stat().st_mode & 0o777) == 0o666 & ~umask

@@ -27,9 +27,11 @@ def atomic_path(dest, *, overwrite: bool = True, protect=()):
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=f".partial{dest.suffix}", dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the user's usual mode
+    mode = 0o666 & ~_umask()  # mkstemp (and safetensors' writer) make 0600; outputs get the usual mode
+    os.chmod(tmp, mode)
     try:
         yield tmp
+        os.chmod(tmp, mode)  # writers that replace the file bring their own mode
         os.replace(tmp, dest)
     finally:
         if tmp.exists():
