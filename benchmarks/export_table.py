@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     with contextlib.ExitStack() as stack:
         out = Path(args.out) if args.out else Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        cmd = ["export", "--target", "all", "--precision", "all", "-o", str(out / "artifacts"), "--json"]
+        cmd = ["export", "--target", "all", "--precision", "all", "-o", str(out / "artifacts")]
         buf = io.StringIO()
         t0 = time.time()
         with contextlib.redirect_stdout(buf):
@@ -43,7 +43,9 @@ def main(argv=None) -> int:
         if code:
             print(buf.getvalue())
             return code
-        reports = json.loads(buf.getvalue())
+        order = {p: i for i, p in enumerate(("fp32", "fp16", "int8"))}
+        reports = sorted((json.loads(f.read_text()) for f in (out / "artifacts").glob("*.json")),
+                         key=lambda r: (r["target"], order[r["precision"]]))
     rows = []
     fp32 = {r["target"]: r["size_bytes"] for r in reports if r["precision"] == "fp32"}
     for r in reports:
@@ -58,7 +60,7 @@ def main(argv=None) -> int:
                      "weights": r["notes"].get("int8_source", "bundled:edge-xs"),
                      "source_sha256": r["metadata"].get("source_sha256")})
     doc = {"suite": "export_table", "command": "python benchmarks/export_table.py",
-           "cli": "datprl-edge " + " ".join(cmd[:-3]) + " -o DIR",
+           "cli": "datprl-edge " + " ".join(cmd[:-1]) + " DIR",
            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - t0, 1),
            "platform": {"system": platform.system(), "machine": platform.machine(),
                         "python": platform.python_version()},

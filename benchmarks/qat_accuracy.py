@@ -5,7 +5,8 @@
 For every target (onnx, openvino, coreml) it runs `datprl_edge.qat.run_qat` twice on the same
 calibration recipe: 0 steps (PTQ: calibration only) and --steps QAT steps distilled from the FP32
 model, then measures PSNR on the fixed validation pairs (`validation_set`, 'val' split) of every
-recipe task. Writes benchmarks/results/qat_accuracy.json; --ship also writes the QAT results as
+recipe task. Writes benchmarks/results/qat_accuracy.json; --ship also writes the variant with the
+smallest worst-task drop (PTQ, QAT or, with --max-drop, QAT with float layers) as
 datprl_edge/weights/edge-xs-int8-<target>.safetensors (what `export --precision int8` uses).
 Without bundled:edge-xs the numbers are for a randomly initialised edge-xs and are marked so.
 """
@@ -100,6 +101,7 @@ def main(argv=None) -> int:
         variants = [("ptq", 0, None), ("qat", args.steps, None)]
         if args.max_drop is not None:
             variants.append(("qat_mixed", args.steps, args.max_drop))
+        results = {}
         for name, steps, max_drop in variants:
             extra = {} if args.gt_weight is None else {"gt_weight": args.gt_weight}
             if args.freeze_at is not None:
@@ -108,7 +110,7 @@ def main(argv=None) -> int:
                             crop=args.crop, max_drop=max_drop, **extra)
             t0 = time.time()
             search = _search_pairs(tasks, args.val_count, args.val_size) if cfg.max_drop is not None else None
-            result = run_qat(model, cfg, calib, val=val, search_val=search,
+            result = results[name] = run_qat(model, cfg, calib, val=val, search_val=search,
                              log=lambda m, t=target, n=name: print(f"[{t} {n}] {m}", flush=True))
             m = result.metrics
             row[name] = {"psnr": m["psnr_int8"], "drop_db": m["drop_db"],
@@ -119,17 +121,42 @@ def main(argv=None) -> int:
             d = m["drop_db"]
             print(f"{target} {name}: worst drop {d['worst']:+.3f} dB, mean {d['mean']:+.3f} dB", flush=True)
         row["stack"], row["scheme"] = result.scheme["stack"], result.scheme
-        for name, *_ in variants[1:]:
+        for name, *_ in variants:
             row[f"{name}_within_0.1db_every_task"] = row[name]["drop_db"]["worst"] <= 0.1
         report["targets"][target] = row
-        if args.ship and not placeholder:  # the last variant: mixed precision when --max-drop is given
-            path = save_qat(result, WEIGHTS / f"edge-xs-int8-{target}.safetensors",
+        if args.ship and not placeholder:
+            best = min(reversed(list(results)), key=lambda k: row[k]["drop_db"]["worst"])
+            row["shipped_variant"] = best
+            path = save_qat(results[best], WEIGHTS / f"edge-xs-int8-{target}.safetensors",
                             {"command": report["command"], "source": "bundled:edge-xs",
                              "calibration": args.calib})
             row["shipped"] = str(path.relative_to(ROOT))
+            update_manifest(path, best, row[best]["drop_db"])
         write_text_atomic(args.output, json.dumps(report, indent=2) + "\n")
     print(table(report))
     return 0
+
+
+def update_manifest(path: Path, variant: str, drop: dict) -> None:
+    """Record a shipped INT8 checkpoint in weights/MANIFEST.json (sha256, size, how it was made)."""
+    from datprl_edge.checkpoint import read_checkpoint_config, sha256_file
+    from datprl_edge.io.atomic import write_text_atomic
+
+    cfg = read_checkpoint_config(path)
+    qcfg = cfg.extra.get("qat_config", {})
+    manifest_path = WEIGHTS / "MANIFEST.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"][path.name] = {
+        "arch": cfg.arch, "stage": cfg.stage, "target": cfg.extra.get("target"),
+        "bytes": path.stat().st_size, "sha256": sha256_file(path),
+        "base": cfg.provenance.get("source"), "base_sha256": sha256_file(WEIGHTS / "edge-xs.safetensors"),
+        "variant": variant, "steps": cfg.extra.get("steps"), "lr": qcfg.get("lr"),
+        "float_layers": cfg.extra.get("float_layers", []), "calibration": cfg.provenance.get("calibration"),
+        "stack": cfg.extra.get("scheme", {}).get("stack"), "command": cfg.provenance.get("command"),
+        "worst_task_drop_db": round(drop["worst"], 3), "mean_drop_db": round(drop["mean"], 3),
+        "drop_measured_on": "benchmarks/results/qat_accuracy.json (fixed val pairs, torch fake-quant)",
+    }
+    write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
 
 
 def merge(paths, output) -> int:
@@ -139,10 +166,18 @@ def merge(paths, output) -> int:
     reports = [json.loads(Path(p).read_text()) for p in paths]
     out = dict(reports[0], targets={}, command=[r["command"] for r in reports])
     for r in reports:
-        for key in ("model", "calibration", "validation", "settings", "fp32"):
+        for key in ("model", "calibration", "validation"):
             if r[key] != out[key]:
                 raise SystemExit(f"cannot merge: {key} differs between runs")
+        # the FP32 scores must agree up to the thread count's rounding (0.001 dB)
+        if any(abs(r["fp32"][t] - out["fp32"][t]) > 1e-3 for t in out["fp32"]):
+            raise SystemExit("cannot merge: the FP32 scores differ between runs (another model or data?)")
+        for row in r["targets"].values():  # QAT settings may differ per target: kept in each row
+            row["settings"], row["command"], row["env"] = r["settings"], r["command"], r["env"]
+            if "shipped" in row and "shipped_variant" not in row:  # older runs shipped the last variant
+                row["shipped_variant"] = "qat_mixed" if "qat_mixed" in row else "qat"
         out["targets"].update(r["targets"])
+    out["settings"] = out["env"] = "per target (targets.<name>.settings / .env)"
     write_text_atomic(output, json.dumps(out, indent=2) + "\n")
     print(table(out))
     return 0

@@ -56,3 +56,25 @@ def test_distilled_student_restores_better_than_its_input():
             o, g, x = (t.permute(1, 2, 0).numpy() for t in (o, g, x))
             gains.append(image_metrics(o, g)[0] - image_metrics(x, g)[0])
     assert np.mean(gains) > 0.5
+
+
+@pytest.mark.parametrize("target", ["onnx", "openvino", "coreml"])
+def test_shipped_int8_weights_load_and_stay_close_to_the_float_student(target):
+    from datprl_edge.qat import load_qat
+    from datprl_edge.quant_scope import frozen_observers
+    from datprl_edge.train.evaluate import image_metrics
+
+    path = WEIGHTS_DIR / f"edge-xs-int8-{target}.safetensors"
+    entry = _manifest()[path.name]
+    assert entry["sha256"] == sha256_file(path) and entry["target"] == target
+    assert entry["base_sha256"] == _manifest()["edge-xs.safetensors"]["sha256"]
+    result = load_qat(path)
+    assert result.target == target
+    from datprl_edge.data.datasets import validation_set
+
+    lq, _ = validation_set("medical/ct_denoise", count=1, size=64, seed=0).tensors()
+    with torch.no_grad(), frozen_observers(result.prepared):
+        int8, fp32 = result.prepared(lq), load_model("bundled:edge-xs")(lq)
+    int8, fp32 = (t[0].clamp(0, 1).permute(1, 2, 0).numpy() for t in (int8, fp32))
+    psnr = image_metrics(int8, fp32)[0]
+    assert psnr > 35  # INT8 noise against the FP32 output, not a different model

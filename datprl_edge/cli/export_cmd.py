@@ -107,8 +107,9 @@ def _export_plan(args, fields: dict, probe) -> list:
         return [(fields, args.model)]
     plan = []
     for target, path in shipped.items():
-        plan.append((dict(fields, targets=(target,), precision="int8"),
-                     _load_qat(path, f"{DEFAULT_MODEL} (shipped QAT weights {path.name})")))
+        model, info = _load_qat(path, f"{DEFAULT_MODEL} (shipped QAT weights {path.name})")
+        info["name"] = DEFAULT_MODEL.partition(":")[2]  # edge-xs_<target>_int8 beside its fp32/fp16 files
+        plan.append((dict(fields, targets=(target,), precision="int8"), (model, info)))
     rest_targets = [t for t in probe.targets if t not in shipped]
     if rest_targets:
         plan.append((dict(fields, targets=tuple(rest_targets)), None))
