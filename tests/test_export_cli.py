@@ -180,3 +180,21 @@ def test_folded_models_carry_their_task_into_the_metadata():
     qat = SimpleNamespace(base_options={"tasks": ["remote/dehaze"], "width": 16})
     assert _folded_tasks(None, qat) == ["remote/dehaze"]
     assert _folded_tasks(SimpleNamespace(), None) is None  # an unfolded model routes itself: "auto"
+
+
+def test_default_model_takes_each_targets_shipped_int8_weights():
+    from types import SimpleNamespace
+
+    from datprl_edge.cli.export_cmd import _export_plan
+    from datprl_edge.export_config import ExportConfig
+
+    fields = {"targets": ("onnx", "openvino"), "precision": "fp32,int8"}
+    plan = _export_plan(SimpleNamespace(model=None), fields, ExportConfig(**fields))
+    parts = [(p["targets"], p["precision"], src if src is None else src[1]["name"]) for p, src in plan]
+    assert parts == [(("onnx",), "int8", "edge-xs"), (("openvino",), "int8", "edge-xs"),
+                     (("onnx", "openvino"), "fp32", None)]
+    assert "shipped QAT weights edge-xs-int8-onnx.safetensors" in plan[0][1][1]["label"]
+    task = dict(fields, task="medical/ct_denoise")  # folding needs the float student: no shipped INT8
+    assert _export_plan(SimpleNamespace(model=None), task, ExportConfig(**task)) == [(task, None)]
+    given = _export_plan(SimpleNamespace(model="m.safetensors"), fields, ExportConfig(**fields))
+    assert given == [(fields, "m.safetensors")]

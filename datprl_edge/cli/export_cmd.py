@@ -99,8 +99,8 @@ def _export_plan(args, fields: dict, probe) -> list:
     """[(config fields, model spec or loaded (model, info))]: one export of MODEL, except that with
     no MODEL every target's INT8 artifact comes from that target's shipped QAT weights (when they
     are installed) and the other precisions from the bundled float student."""
-    if args.model is not None or "int8" not in (probe.precision or "").split(","):
-        return [(fields, args.model)]
+    if args.model is not None or probe.task or "int8" not in (probe.precision or "").split(","):
+        return [(fields, args.model)]  # --task folds the float student first, then quantizes it
     shipped = {t: _bundled_int8(t) for t in probe.targets}
     shipped = {t: p for t, p in shipped.items() if p is not None}
     if not shipped:
