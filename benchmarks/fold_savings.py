@@ -230,7 +230,7 @@ def main(argv=None) -> int:
            "environment": {"python": platform.python_version(), "torch": torch.__version__,
                            "cpu_count": os.cpu_count(), "torch_threads": 1, "machine": platform.machine(),
                            "load_average_at_start": [round(x, 2) for x in load],
-                           "note": "shared 2-core machine under load from other jobs; latencies "
+                           "note": "2-core machine, possibly shared (see load_average_at_start); latencies "
                                    "interleaved so each variant sees the same load, but absolute ms are "
                                    "noisy"},
            "static": static, "dynamic": dynamic}
