@@ -144,9 +144,9 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
         prepared = qm.prepare(base, example, floats, calib=batches)
         calibrate(prepared, batches)
         if config.steps:
-            # The routing modules stay as trained: Adam's first steps move every weight by about lr,
-            # enough to flip the discrete top-k choice for some images (measured: derain -0.12 dB
-            # after 200 steps even at lr 5e-6, while PTQ lost 0.03 dB).
+            # The routing modules (float in every scheme) stay as trained, so that the INT8 model
+            # picks the prompts the FP32 model picks: Adam moves every trained weight by about lr
+            # per step, and the top-k prompt choice is discrete.
             train(prepared, ref, train_pairs, config, state_dir=_state_dir(state_dir, floats), log=progress,
                   frozen=prompt_path_modules(base))
         return prepared

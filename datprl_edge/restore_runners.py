@@ -115,7 +115,7 @@ def module_runner(net, name: str, *, task: str = AUTO) -> Runner:
 
     task = _check_task_text(task)
     override, fixed = _task_override(net, task, name)
-    if override == FOLD:
+    if override is FOLD:
         from .export_sources import fold_for_task
 
         # adaptive prompts are not tied to task ids: the task's prompt is its composed prompt,
