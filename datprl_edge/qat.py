@@ -144,7 +144,7 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
         prepared = qm.prepare(base, example, floats, calib=batches)
         calibrate(prepared, batches)
         if config.steps:
-            # The routing modules (float in every scheme) stay as trained, so that the INT8 model
+            # The routing modules (float activations in every scheme) stay as trained, so the INT8 model
             # picks the prompts the FP32 model picks: Adam moves every trained weight by about lr
             # per step, and the top-k prompt choice is discrete.
             train(prepared, ref, train_pairs, config, state_dir=_state_dir(state_dir, floats), log=progress,
