@@ -9,12 +9,15 @@ as separate float ops. Prints JSON; `profile(...)` returns the same dict.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
 import sys
 import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import profile_common  # noqa: E402
 
 
 def profile(path: str, shape=(256, 256), iters: int = 5, threads: int | None = None, top: int = 12) -> dict:
@@ -26,7 +29,7 @@ def profile(path: str, shape=(256, 256), iters: int = 5, threads: int | None = N
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(tmp, "ort")
         options.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
-        options.intra_op_num_threads = threads or _cpus()
+        options.intra_op_num_threads = threads or profile_common.default_threads()
         options.log_severity_level = 3
         sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
@@ -48,8 +51,7 @@ def profile(path: str, shape=(256, 256), iters: int = 5, threads: int | None = N
     runs = iters + 1
 
     def table(counter):
-        return [{"name": k, "ms": round(v / runs / 1e3, 3), "share": round(v / total, 4)}
-                for k, v in counter.most_common(top)]
+        return profile_common.time_table(counter, runs, total, top)
 
     return {"artifact": os.path.basename(path), "shape": list(shape), "iterations": runs,
             "sum_of_nodes_ms": round(total / runs / 1e3, 3), "by_op_type": table(by_type),
@@ -66,20 +68,9 @@ def _graph_ops(path) -> dict:
     return dict(collections.Counter(n.op_type for n in model.graph.node).most_common())
 
 
-def _cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("artifact")
-    p.add_argument("--shape", default="256x256")
-    p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--threads", type=int)
-    args = p.parse_args(argv)
-    h, w = (int(v) for v in args.shape.lower().split("x"))
-    print(json.dumps(profile(args.artifact, (h, w), args.iters, args.threads), indent=2))
-    return 0
+    return profile_common.main(profile, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

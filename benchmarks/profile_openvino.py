@@ -9,11 +9,13 @@ PERF_COUNT. Prints JSON; `profile(...)` returns the same dict for the headline s
 
 from __future__ import annotations
 
-import argparse
 import collections
-import json
 import os
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import profile_common  # noqa: E402
 
 
 def profile(path: str, shape=(256, 256), iters: int = 5, threads: int | None = None, top: int = 12) -> dict:
@@ -23,7 +25,7 @@ def profile(path: str, shape=(256, 256), iters: int = 5, threads: int | None = N
     core = ov.Core()
     model = core.read_model(path)
     config = {"INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": True,
-              "INFERENCE_NUM_THREADS": threads or _cpus()}
+              "INFERENCE_NUM_THREADS": threads or profile_common.default_threads()}
     compiled = core.compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
     x = np.random.default_rng(0).random((1, 3, *shape), dtype=np.float32)
@@ -45,8 +47,7 @@ def profile(path: str, shape=(256, 256), iters: int = 5, threads: int | None = N
     total = sum(by_type.values())
 
     def table(counter, n):
-        return [{"name": k, "ms": round(v / iters / 1e3, 3), "share": round(v / total, 4)}
-                for k, v in counter.most_common(n)]
+        return profile_common.time_table(counter, iters, total, n)
 
     int8_share = sum(v for k, v in by_exec.items() if any(t in k.lower() for t in ("i8", "u8"))) / total
     return {
@@ -63,20 +64,9 @@ def profile(path: str, shape=(256, 256), iters: int = 5, threads: int | None = N
     }
 
 
-def _cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("artifact")
-    p.add_argument("--shape", default="256x256")
-    p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--threads", type=int)
-    args = p.parse_args(argv)
-    h, w = (int(v) for v in args.shape.lower().split("x"))
-    print(json.dumps(profile(args.artifact, (h, w), args.iters, args.threads), indent=2))
-    return 0
+    return profile_common.main(profile, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,32 @@
+"""What the two profilers (profile_onnxruntime.py, profile_openvino.py) share: the share-of-time
+table and the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from datprl_edge.bench_env import default_threads  # noqa: E402,F401  (re-exported for the profilers)
+
+
+def time_table(counter, runs: int, total: float, top: int) -> list:
+    """The `top` entries of a {name: microseconds summed over `runs`} counter: ms per run and share."""
+    total = total or 1
+    return [{"name": k, "ms": round(v / runs / 1e3, 3), "share": round(v / total, 4)}
+            for k, v in counter.most_common(top)]
+
+
+def main(profile, description: str, argv=None) -> int:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("artifact")
+    p.add_argument("--shape", default="256x256")
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--threads", type=int)
+    args = p.parse_args(argv)
+    h, w = (int(v) for v in args.shape.lower().split("x"))
+    print(json.dumps(profile(args.artifact, (h, w), args.iters, args.threads), indent=2))
+    return 0
