@@ -17,6 +17,19 @@ def _torch_threads():
     yield
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of tiny models: one intra-op thread is faster, and far faster when other jobs
+    share the two cores (OpenMP threads spin against each other). Use with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def run_cli(capsys, *argv):
     """Run the CLI in-process; returns (exit code, stdout, stderr)."""
     from datprl_edge.cli.main import main

@@ -19,13 +19,8 @@ from datprl_edge.train.teacher_cache import TeacherCache
 TASKS = ["natural/denoise", "natural/sr_x4"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny convs on a shared 2-core machine: one thread avoids OpenMP spin contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CROP = 32
 
 

@@ -29,13 +29,7 @@ FAST = dict(shape=(1, 3, 32, 32), latency_iters=1, latency_warmup=0)
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a loaded 2-core machine two intra-op threads spin against each other (tens of times slower).
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _psnr(a, b):

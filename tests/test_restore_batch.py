@@ -23,13 +23,7 @@ DICOM = Path(__file__).parent / "data" / "dicom"
 RNG = np.random.default_rng(7)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small tiles: one thread is faster, and far faster when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _invert(nchw):

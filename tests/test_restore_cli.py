@@ -19,15 +19,7 @@ CT = Path(__file__).parent / "data" / "dicom" / "CT_small.dcm"
 RNG = np.random.default_rng(1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small tiles: one thread is faster, and far faster when other jobs share the cores."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class _Identity(torch.nn.Module):
