@@ -235,14 +235,12 @@ def restore_files(runner: Runner, jobs, options: RestoreOptions = RestoreOptions
 def restore_file(runner: Runner, job: RestoreJob, options: RestoreOptions = RestoreOptions(), *,
                  series_uids: dict | None = None, progress=None) -> FileResult:
     """Read, restore and write one job's file."""
-    from .io.atomic import check_not_input
+    from .io.atomic import check_output
 
     start = time.perf_counter()
     if not job.src.exists():
         raise InputNotFoundError(f"input image not found: {job.src}")
-    check_not_input(job.dst, [job.src])
-    if job.dst.exists() and not options.overwrite:
-        raise OutputExistsError(f"{job.dst} exists; pass --overwrite or choose another output")
+    check_output(job.dst, overwrite=options.overwrite, inputs=[job.src])
     array, info = _read(job, options.window)
     shape = tuple(array.shape)
     tile, overlap = tile_geometry(runner, options, shape[:2])

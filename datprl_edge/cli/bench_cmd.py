@@ -5,8 +5,6 @@ from __future__ import annotations
 import shlex
 import sys
 
-from ..errors import ConfigError
-
 
 def register(subparsers):
     p = subparsers.add_parser(
@@ -50,16 +48,11 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..bench import BenchConfig, run_bench, summary_lines, write_report
-    from ..errors import OutputExistsError
-    from ..io.atomic import check_not_input
+    from ..io.atomic import check_output
 
     if args.json:
-        out = Path(args.json)
-        check_not_input(out, args.artifacts)
-        if out.exists() and not args.overwrite:
-            raise OutputExistsError(f"{out} exists; pass --overwrite or choose another output")
-        if out.suffix.lower() != ".json":
-            raise ConfigError(f"--json takes a .json path, got {out}")
+        check_output(args.json, overwrite=args.overwrite, inputs=args.artifacts, suffix=".json",
+                     option="--json")
     config = BenchConfig(
         shapes=tuple(args.shape or ["256x256"]), threads=args.threads, warmup=args.warmup, iters=args.iters,
         seconds=args.seconds if args.seconds is not None else (None if args.iters else 3.0),

@@ -34,19 +34,13 @@ def register(subparsers):
 def run(args) -> int:
     import json
     import sys
-    from pathlib import Path
 
-    from ..errors import ConfigError, OutputExistsError
     from ..evaluate import EvalConfig, evaluate, summary_lines
-    from ..io.atomic import check_not_input, write_text_atomic
+    from ..io.atomic import check_output, write_text_atomic
 
     if args.json:
-        out = Path(args.json)
-        check_not_input(out, args.models + ([args.reference] if args.reference else []))
-        if out.exists() and not args.overwrite:
-            raise OutputExistsError(f"{out} exists; pass --overwrite or choose another output")
-        if out.suffix.lower() != ".json":
-            raise ConfigError(f"--json takes a .json path, got {out}")
+        inputs = args.models + ([args.reference] if args.reference else [])
+        check_output(args.json, overwrite=args.overwrite, inputs=inputs, suffix=".json", option="--json")
     tasks = [t.strip() for item in args.task or [] for t in item.split(",") if t.strip()] or None
     config = EvalConfig(data=args.data, tasks=tasks, count=args.count, size=args.size, seed=args.seed,
                         reference=args.reference, network=args.network)

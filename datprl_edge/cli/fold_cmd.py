@@ -45,15 +45,13 @@ def register(subparsers):
 def run(args) -> int:
     from pathlib import Path
 
-    from ..errors import ConfigError, OutputExistsError, UnknownChoiceError
-    from ..io.atomic import check_not_input
+    from ..errors import ConfigError, UnknownChoiceError
+    from ..io.atomic import check_output
 
     if args.mode not in MODES:
         raise UnknownChoiceError("fold mode", args.mode, MODES)
-    out = Path(args.output)
-    check_not_input(out, [p for p in (args.model, args.network) if p and not str(p).startswith("bundled:")])
-    if out.exists() and not args.overwrite:
-        raise OutputExistsError(f"{out} exists; pass --overwrite or choose another output")
+    inputs = [p for p in (args.model, args.network) if p and not str(p).startswith("bundled:")]
+    out = check_output(args.output, overwrite=args.overwrite, inputs=inputs)
     if args.mode == "static" and not args.task:
         raise ConfigError("--mode static needs --task ID (repeat for several tasks)")
     if (args.domain_prompt is None) != (args.task_prompt is None):

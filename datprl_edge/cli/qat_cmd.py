@@ -41,8 +41,8 @@ def register(subparsers):
 def run(args) -> int:
     from pathlib import Path
 
-    from ..errors import ConfigError, OutputExistsError, UnknownChoiceError
-    from ..io.atomic import check_not_input
+    from ..errors import ConfigError, UnknownChoiceError
+    from ..io.atomic import check_output
 
     if args.target not in TARGETS:
         raise UnknownChoiceError("target", args.target, TARGETS)
@@ -50,9 +50,7 @@ def run(args) -> int:
     if out.suffix.lower() != ".safetensors":
         raise ConfigError(f"the QAT output is a .safetensors checkpoint, got {out.name}")
     inputs = [p for p in (args.model, args.teacher) if p and not str(p).startswith("bundled:")]
-    check_not_input(out, inputs)
-    if out.exists() and not args.overwrite:
-        raise OutputExistsError(f"{out} exists; pass --overwrite or choose another output")
+    check_output(out, overwrite=args.overwrite, inputs=inputs)
 
     from ..checkpoint import sha256_file
     from ..models.loading import BUNDLED_PREFIX, bundled_path, load_model

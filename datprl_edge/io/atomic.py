@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..errors import OutputExistsError
+from ..errors import ConfigError, OutputExistsError
 
 
 @contextlib.contextmanager
@@ -19,10 +19,7 @@ def atomic_path(dest, *, overwrite: bool = True, protect=()):
     name still work. On any exception the temporary file is removed and `dest` is untouched.
     `protect` lists input paths that `dest` must not be.
     """
-    dest = Path(dest)
-    check_not_input(dest, protect)
-    if dest.exists() and not overwrite:
-        raise OutputExistsError(f"{dest} exists; pass --overwrite or choose another output")
+    dest = check_output(dest, overwrite=overwrite, inputs=protect)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=f".partial{dest.suffix}", dir=dest.parent)
     os.close(fd)
@@ -76,6 +73,18 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def check_output(dest, *, overwrite: bool, inputs=(), suffix: str | None = None, option: str = "") -> Path:
+    """Refuse an output that is one of `inputs`, that exists without `overwrite`, or (with
+    `suffix`) whose name does not end in it (the error names the command-line `option`)."""
+    dest = Path(dest)
+    check_not_input(dest, inputs)
+    if dest.exists() and not overwrite:
+        raise OutputExistsError(f"{dest} exists; pass --overwrite or choose another output")
+    if suffix is not None and dest.suffix.lower() != suffix:
+        raise ConfigError(f"{option} takes a {suffix} path, got {dest}")
+    return dest
 
 
 def check_not_input(dest, inputs) -> None:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..io.atomic import atomic_path, check_not_input
+from ..io.atomic import atomic_path, check_output
 from . import html as H
 from .collect import RunData, collect
 from .headline import load_headline
@@ -46,11 +46,7 @@ def build_report(run_dir, out_html, *, budget_ms: float | None = None,
     edge = load_headline(run_dir)
     inputs = [Path(run_dir) / p for files in run.sources.values() for p in files] + edge.files
     for p in paths:
-        check_not_input(p, inputs)
-        if p.exists() and not overwrite:
-            from ..errors import OutputExistsError
-
-            raise OutputExistsError(f"{p} exists; pass --overwrite or choose another output")
+        check_output(p, overwrite=overwrite, inputs=inputs)
     rec = recommend(run, budget_ms, max_drop, shape)
     shape = rec.shape
     tables = [artifacts_table(run, shape), psnr_table(run), latency_table(run), stages_table(run),
