@@ -12,7 +12,6 @@ import copy
 import dataclasses
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 from .errors import ConfigError, OutputExistsError, VerificationError
 from .export_config import ExportConfig
 from .export_sources import fold_for_task, quantize_for_target, verification_images
+from .io.atomic import swap_in
 from .targets import TargetSpec, export_module, parse_targets
 from .targets.common import (
     artifact_files,
@@ -297,11 +297,7 @@ def _require_backends(spec: TargetSpec, precision: str) -> None:
 
 def _replace(src: Path, dest: Path) -> None:
     if dest.is_dir() and not dest.is_symlink():
-        old = dest.with_name(f".{dest.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dest, old)
-        os.replace(src, dest)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in(src, dest)
     else:
         os.replace(src, dest)
 

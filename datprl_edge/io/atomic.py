@@ -47,16 +47,22 @@ def atomic_dir(dest, *, overwrite: bool = False):
     try:
         yield tmp
         if dest.exists():
-            old = dest.with_name(f".{dest.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
+            swap_in(tmp, dest)
         else:
             os.replace(tmp, dest)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def swap_in(src: Path, dest: Path) -> None:
+    """Put the folder `src` where the existing `dest` is: `dest` is renamed aside first (rename
+    cannot replace a non-empty folder), then removed once `src` is in place."""
+    old = dest.with_name(f".{dest.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(dest, old)
+    os.replace(src, dest)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_bytes_atomic(dest, data: bytes) -> Path:
