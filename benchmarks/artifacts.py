@@ -47,7 +47,9 @@ def student():
 def int8_description(target: str) -> str:
     shipped = WEIGHTS / f"edge-xs-int8-{target}.safetensors"
     if shipped.exists():
-        return f"shipped QAT weights {shipped.name}"
+        from datprl_edge.checkpoint import sha256_file
+
+        return f"shipped QAT weights {shipped.name} (sha256 {sha256_file(shipped)[:12]})"
     return ("post-training quantization (0 QAT steps, 8 bundled sample crops) "
             f"with the {target} quantizer settings of datprl_edge.qat")
 

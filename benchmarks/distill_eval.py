@@ -58,6 +58,8 @@ def run(teacher: str, student: str, baseline: str, tasks: str, count: int, size:
         results[role] = evaluate(model, val)
         meta[role] = {**_describe(spec, model), "eval_seconds": round(time.perf_counter() - t0, 2)}
     mean = {r: results[r]["mean"] for r in results}
+    from datprl_edge.bench_env import isa_block
+
     extra = {label: {"model": meta.pop(label), "mean": {k: mean[label][k] for k in ("psnr", "ssim")},
                      "per_task": {t: {k: results[label]["tasks"][t][k] for k in ("psnr", "ssim")}
                                   for t in task_ids},
@@ -80,7 +82,7 @@ def run(teacher: str, student: str, baseline: str, tasks: str, count: int, size:
         "goals": {"kd_gain_db_at_least": 0.2, "teacher_gap_db_at_most": 0.5},
         "variants": extra,
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "machine": platform.machine()},
+                        "machine": platform.machine(), **isa_block()},
     }
 
 

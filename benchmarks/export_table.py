@@ -55,15 +55,18 @@ def main(argv=None) -> int:
                      "size_vs_fp32": round(fp32[r["target"]] / r["size_bytes"], 2) if r["target"] in fp32
                      else None,
                      "parity_psnr_db": v.get("psnr_db"), "max_abs_diff": v.get("max_abs_diff"),
+                     "exact_int8_psnr_db": v.get("exact_int8_psnr_db"),
                      "reference": v.get("reference"), "numerics_checked": r["numerics_checked"],
                      "threshold_db": v.get("threshold_db"), "note": v.get("note", ""),
                      "weights": r["notes"].get("int8_source", "bundled:edge-xs"),
                      "source_sha256": r["metadata"].get("source_sha256")})
+    from datprl_edge.bench_env import isa_block
+
     doc = {"suite": "export_table", "command": "python benchmarks/export_table.py",
            "cli": "datprl-edge " + " ".join(cmd[:-1]) + " DIR",
            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - t0, 1),
            "platform": {"system": platform.system(), "machine": platform.machine(),
-                        "python": platform.python_version()},
+                        "python": platform.python_version(), **isa_block()},
            "rows": rows}
     write_text_atomic(Path(args.output), json.dumps(doc, indent=2) + "\n")
     print(table(rows))

@@ -226,9 +226,12 @@ def main(argv=None) -> int:
         models[0] = (args.student, "edge-xs", SHAPE, 0, 0)
     dynamic = dynamic_part(models, args.rounds, args.iters)
     command = " ".join(["python", "benchmarks/fold_savings.py", *sys.argv[1:]])
+    from datprl_edge.bench_env import isa_block
+
     res = {"benchmark": "fold_savings", "command": command,
            "environment": {"python": platform.python_version(), "torch": torch.__version__,
                            "cpu_count": os.cpu_count(), "torch_threads": 1, "machine": platform.machine(),
+                           **isa_block(),
                            "load_average_at_start": [round(x, 2) for x in load],
                            "note": "2-core machine, possibly shared (see load_average_at_start); latencies "
                                    "interleaved so each variant sees the same load, but absolute ms are "

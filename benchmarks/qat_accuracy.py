@@ -58,6 +58,8 @@ def main(argv=None) -> int:
     ap.add_argument("--val-count", type=int, default=8)
     ap.add_argument("--val-size", type=int, default=128)
     ap.add_argument("--max-drop", type=float, default=None, help="also run the sensitivity search")
+    ap.add_argument("--float-layers", default=None, metavar="L1,L2",
+                    help="also run PTQ and QAT with these layers float (e.g. a --max-drop search's choice)")
     ap.add_argument("--ship", action="store_true", help="write weights/edge-xs-int8-<target>.safetensors")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="merge per-target result files into --output")
@@ -71,6 +73,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from datprl_edge.bench_env import isa_block
     from datprl_edge.cli.qat_cmd import _calibration, _search_pairs, _validation
     from datprl_edge.io.atomic import write_text_atomic
     from datprl_edge.qat import QATConfig, run_qat, save_qat
@@ -90,10 +93,10 @@ def main(argv=None) -> int:
         "int8_numerics": "torch fake-quant (the prepared QAT module)",
         "settings": {"steps": args.steps, "lr": args.lr, "batch_size": args.batch_size, "crop": args.crop,
                      "max_drop": args.max_drop, "gt_weight": args.gt_weight,
-                     "freeze_observers_at": args.freeze_at},
+                     "float_layers": args.float_layers, "freeze_observers_at": args.freeze_at},
         "command": "python benchmarks/qat_accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "env": {"python": platform.python_version(), "torch": torch.__version__,
-                "cpu_threads": torch.get_num_threads()},
+                "cpu_threads": torch.get_num_threads(), **isa_block()},
         "fp32": fp32, "targets": {},
     }
     for target in [t.strip() for t in args.targets.split(",") if t.strip()]:
@@ -101,9 +104,13 @@ def main(argv=None) -> int:
         variants = [("ptq", 0, None), ("qat", args.steps, None)]
         if args.max_drop is not None:
             variants.append(("qat_mixed", args.steps, args.max_drop))
+        if args.float_layers:
+            variants += [("ptq_float_layers", 0, None), ("qat_float_layers", args.steps, None)]
         results = {}
         for name, steps, max_drop in variants:
             extra = {} if args.gt_weight is None else {"gt_weight": args.gt_weight}
+            if name.endswith("_float_layers"):
+                extra["float_layers"] = args.float_layers
             if args.freeze_at is not None:
                 extra["freeze_observers_at"] = args.freeze_at
             cfg = QATConfig(target=target, steps=steps, lr=args.lr, batch_size=args.batch_size,
@@ -164,7 +171,9 @@ def merge(paths, output) -> int:
     from datprl_edge.io.atomic import write_text_atomic
 
     reports = [json.loads(Path(p).read_text()) for p in paths]
-    out = dict(reports[0], targets={}, command=[r["command"] for r in reports])
+    commands = [c for r in reports
+                for c in (r["command"] if isinstance(r["command"], list) else [r["command"]])]
+    out = dict(reports[0], targets={}, command=commands)
     for r in reports:
         for key in ("model", "calibration", "validation"):
             if r[key] != out[key]:
@@ -184,7 +193,8 @@ def merge(paths, output) -> int:
 
 
 def table(report) -> str:
-    names = {"ptq": "PTQ", "qat": "QAT", "qat_mixed": "QAT+mixed"}
+    names = {"ptq": "PTQ", "qat": "QAT", "qat_mixed": "QAT+mixed", "ptq_float_layers": "PTQ+float",
+             "qat_float_layers": "QAT+float"}
     cols = [(t, k) for t, row in report["targets"].items() for k in names if k in row]
     rows = [["task", "FP32"] + [f"{t} {names[k]}" for t, k in cols]]
     for task in report["fp32"]:

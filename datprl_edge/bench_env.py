@@ -24,6 +24,7 @@ def environment() -> dict:
     return {
         "cpu_model": cpu["model"],
         "cpu_flags": cpu["flags"],
+        "isa": isa_summary(cpu["flags"]),
         "physical_cores": cpu["physical_cores"],
         "logical_cpus": os.cpu_count(),
         "available_cpus": available_cpus(),
@@ -35,6 +36,28 @@ def environment() -> dict:
         "versions": package_versions(),
         "load_average": load_average(),
     }
+
+
+def isa_summary(flags) -> str:
+    """How an x86 CPU runs uint8 x int8 dot products, the kernels INT8 artifacts use."""
+    flags = set(flags or ())
+    if "amx_int8" in flags:
+        return "AMX-INT8 (int8 tiles), AVX-512 VNNI"
+    if "avx512_vnni" in flags or "avx_vnni" in flags:
+        width = "AVX-512" if "avx512_vnni" in flags else "AVX"
+        return f"{width} VNNI (int8 dot products accumulate in int32)"
+    if "avx2" in flags:
+        return ("AVX2 without VNNI (int8 pairs add in saturating int16: VPMADDUBSW)"
+                + ("; AVX-512F" if "avx512f" in flags else ""))
+    if "neon" in flags or "asimd" in flags:
+        return "Arm NEON"
+    return "no AVX2 (generic int8 kernels)"
+
+
+def isa_block() -> dict:
+    """The CPU part of `environment()`: what decides which INT8 kernels run."""
+    cpu = cpu_info()
+    return {"cpu_model": cpu["model"], "cpu_flags": cpu["flags"], "isa": isa_summary(cpu["flags"])}
 
 
 def available_cpus() -> int | None:

@@ -26,7 +26,7 @@ def distill(teacher, student, config: DistillConfig, data, run_dir=None, *, resu
     from .train.data import build_train_data
 
     if isinstance(data, str):
-        data = build_train_data(data, config.crop, config.train_pairs, config.seed)
+        data = build_train_data(data, config.crop, config.train_pairs, config.seed, config.severity)
     torch.manual_seed(config.seed)  # the feature adapters' initialisation
     objective = DistillObjective(teacher if config.uses_teacher else None, copy.deepcopy(student).train(),
                                  config, config.crop)

@@ -36,6 +36,7 @@ class EvalConfig:
     seed: int = 0
     reference: str | None = None
     network: str | None = None
+    baselines: bool = False  # also score the classical methods (datprl_edge.baselines) of each task
 
     def __post_init__(self):
         if self.count < 1:
@@ -186,8 +187,22 @@ def _hwc(runner):
     return run
 
 
+def harm_stats(model_psnr, input_psnr, names=None) -> dict:
+    """Images where the model is worse than the degraded input: {"harm": count, "worst": index of the
+    image with the lowest PSNR gain, "worst_name", "worst_gain_db"}. Equal PSNR is not harm."""
+    m, i = np.asarray(model_psnr, dtype=np.float64), np.asarray(input_psnr, dtype=np.float64)
+    if m.shape != i.shape or m.ndim != 1 or not m.size:
+        raise ConfigError(f"harm needs two equal-length, non-empty PSNR lists, got {m.shape} and {i.shape}")
+    with np.errstate(invalid="ignore"):  # inf - inf: both identical to the ground truth, no gain
+        gain = np.where(np.isinf(m) & np.isinf(i), 0.0, m - i)
+    worst = int(np.argmin(gain))
+    return {"harm": int(np.sum(gain < 0)), "worst": worst,
+            "worst_name": None if names is None else str(names[worst]), "worst_gain_db": _r(gain[worst])}
+
+
 def score(runner, sets: list[EvalSet], progress=None) -> dict:
-    """{task: {"psnr", "ssim", "images", "seconds"}} of a runner over the sets (means over images)."""
+    """{task: {"psnr", "ssim", "images", "seconds", "per_image_psnr"}} of a runner over the sets (means
+    over images)."""
     out = {}
     for s in sets:
         psnrs, ssims = [], []
@@ -202,12 +217,16 @@ def score(runner, sets: list[EvalSet], progress=None) -> dict:
             if progress:
                 progress()
         out[s.task] = {"psnr": _r(np.mean(psnrs)), "ssim": _r(np.mean(ssims), 5), "images": len(psnrs),
-                       "seconds": _r(time.perf_counter() - t0, 3)}
+                       "seconds": _r(time.perf_counter() - t0, 3), "per_image_psnr": [_r(p) for p in psnrs]}
     return out
 
 
-def evaluate(models, config: EvalConfig, *, command: str | None = None, progress: bool = False) -> dict:
-    """Scores of every model (and the degraded input, and the reference) per task."""
+def evaluate(models, config: EvalConfig, *, command: str | None = None, progress: bool = False,
+             harm_dir=None) -> dict:
+    """Scores of every model (and the degraded input, and the reference) per task. Each model's
+    per-task entry carries its harm (images below the input) and gain over the input. With
+    `harm_dir`, crops of each model's worst harmed image per task are written there as PNGs, and
+    the entries name them relative to the folder above `harm_dir` (where eval.json goes)."""
     if not models:
         raise ConfigError("name at least one artifact or model to evaluate")
     opened = [open_model(m, config.network) for m in models]
@@ -216,10 +235,22 @@ def evaluate(models, config: EvalConfig, *, command: str | None = None, progress
     reference = open_model(config.reference, config.network) if config.reference else None
     total = sum(len(s.pairs) for s in sets) * (len(opened) + (reference is not None))
     bar = _bar(total, progress)
+    base = score(None, sets)
     ref_scores = score(reference[0], sets, bar.update) if reference else None
+    if ref_scores:
+        add_harm(ref_scores, base, sets)
+        if harm_dir is not None:
+            from .eval_harm import write_harm_crops
+
+            write_harm_crops(harm_dir, reference[1], reference[0], sets, ref_scores)
     results = []
     for runner, name, kind, tasks in opened:
         per_task = score(runner, sets, bar.update)
+        add_harm(per_task, base, sets)
+        if harm_dir is not None:
+            from .eval_harm import write_harm_crops
+
+            write_harm_crops(harm_dir, name, runner, sets, per_task)
         if ref_scores:
             for task, m in per_task.items():
                 m["psnr_drop_db"] = _r(ref_scores[task]["psnr"] - m["psnr"])
@@ -227,7 +258,7 @@ def evaluate(models, config: EvalConfig, *, command: str | None = None, progress
         results.append({"model": name, "kind": kind, "folded_tasks": tasks, "per_task": per_task,
                         "mean": _mean(per_task)})
     bar.close()
-    return {
+    report = {
         "schema": SCHEMA,
         "command": command,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -237,11 +268,25 @@ def evaluate(models, config: EvalConfig, *, command: str | None = None, progress
                     "ssim": f"skimage.metrics.structural_similarity(data_range=1, {_kw(SSIM_OPTIONS)})",
                     "grayscale_tasks": "scored on the channel mean", "output": "clipped to [0, 1]"},
         "tasks": [s.task for s in sets],
-        "input": {"per_task": (base := score(None, sets)), "mean": _mean(base)},
+        "input": {"per_task": base, "mean": _mean(base)},
         "reference": ({"model": reference[1], "kind": reference[2], "per_task": ref_scores,
                        "mean": _mean(ref_scores)} if reference else None),
         "models": results,
     }
+    if config.baselines:
+        from .eval_harm import score_baselines
+
+        report["baselines"] = score_baselines(sets, base, progress=progress)
+    return report
+
+
+def add_harm(per_task: dict, base: dict, sets: list[EvalSet]) -> None:
+    """Add gain over the input, harm count, worst image and `below_input` to each task's entry."""
+    names = {s.task: [n for n, *_ in s.pairs] for s in sets}
+    for task, m in per_task.items():
+        h = harm_stats(m["per_image_psnr"], base[task]["per_image_psnr"], names[task])
+        m.update(gain_db=_r(m["psnr"] - base[task]["psnr"]), below_input=m["psnr"] < base[task]["psnr"],
+                 harm=h["harm"], worst_image=h["worst_name"], worst_gain_db=h["worst_gain_db"])
 
 
 def summary_lines(report: dict) -> list[str]:
@@ -249,12 +294,21 @@ def summary_lines(report: dict) -> list[str]:
     if report["reference"]:
         rows.append((f"reference {report['reference']['model']}", report["reference"]))
     rows += [(m["model"], m) for m in report["models"]]
-    lines = [f"{'task':<24} {'model':<36} {'PSNR dB':>8} {'SSIM':>7} {'dPSNR':>7} {'dSSIM':>7}"]
+    lines = [f"{'task':<24} {'model':<36} {'PSNR dB':>8} {'SSIM':>7} {'harm':>6} {'dPSNR':>7} {'dSSIM':>7}"]
+    classical = (report.get("baselines") or {}).get("per_task", {})
     for task in report["tasks"]:
         for label, entry in rows:
             m = entry["per_task"][task]
+            harm = f"{m['harm']}/{m['images']}" if "harm" in m else ""
             drop = (f"{m['psnr_drop_db']:>7.2f} {m['ssim_drop']:>7.4f}" if "psnr_drop_db" in m else "")
-            lines.append(f"{task:<24} {label[:36]:<36} {m['psnr']:>8.2f} {m['ssim']:>7.4f} {drop}".rstrip())
+            flag = "  BELOW INPUT" if m.get("below_input") else ""
+            lines.append(f"{task:<24} {label[:36]:<36} {m['psnr']:>8.2f} {m['ssim']:>7.4f} {harm:>6} {drop}"
+                         .rstrip() + flag)
+        for method, m in classical.get(task, {}).get("methods", {}).items():
+            best = " (best on train)" if classical[task].get("best") == method else ""
+            label = f"classical {method}{best}"
+            harm = f"{m['harm']}/{m['images']}"
+            lines.append(f"{task:<24} {label[:36]:<36} {m['psnr']:>8.2f} {m['ssim']:>7.4f} {harm:>6}")
     return lines
 
 

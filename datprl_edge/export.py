@@ -23,10 +23,12 @@ from .export_sources import fold_for_task, quantize_for_target, verification_ima
 from .io.atomic import swap_in
 from .targets import TargetSpec, export_module, parse_targets
 from .targets.common import (
+    MIN_EXACT_INT8_PSNR_DB,
     artifact_files,
     artifact_size,
     artifact_stem,
     build_metadata,
+    check_exact_int8,
     compare_outputs,
     format_shapes,
     macos,
@@ -55,7 +57,10 @@ class ArtifactReport:
         return self.verification.passed
 
     def to_dict(self) -> dict:
+        from .bench_env import isa_block
+
         return {"artifact": self.path.name, "files": [Path(f).name for f in self.files],
+                "exported_on": isa_block(),
                 "target": self.target, "precision": self.precision, "size_bytes": self.size_bytes,
                 "numerics_checked": self.verification.numerics_checked,
                 "verification": self.verification.to_dict(), "metadata": self.metadata,
@@ -158,10 +163,15 @@ def export_model(model, config: ExportConfig, out_dir, *, progress=None) -> list
         report = _export_one(spec, job, images, out_dir, stems[(spec.name, precision)], int8_source)
         (reports if report.passed else failures).append(report)
     if failures:
-        text = "; ".join(f"{r.path.name}: {r.verification.psnr_db} dB < {r.verification.threshold_db} dB "
-                         f"(max abs diff {r.verification.max_abs_diff})" for r in failures)
+        text = "; ".join(f"{r.path.name}: {_failure(r.verification)}" for r in failures)
         raise VerificationError(f"export verification failed, artifact not kept: {text}")
     return reports
+
+
+def _failure(v) -> str:
+    if v.exact_int8_psnr_db is not None and v.exact_int8_psnr_db < MIN_EXACT_INT8_PSNR_DB:
+        return v.note
+    return f"{v.psnr_db} dB < {v.threshold_db} dB (max abs diff {v.max_abs_diff})"
 
 
 def _export_one(spec: TargetSpec, job: ExportJob, images, out_dir: Path, stem: str,
@@ -209,7 +219,11 @@ def _verify(spec, job: ExportJob, path: Path, images, structure: dict):
     refs = _reference_outputs(reference_model, batches, job)
     outs = [session.run(x) for x in batches]
     names = [f"{name} {x.shape[2]}x{x.shape[3]}" for (name, _), x in zip(images, batches)]
-    return compare_outputs(refs, outs, job.precision, reference, names)
+    verification = compare_outputs(refs, outs, job.precision, reference, names)
+    twin = session.exact_int8_twin() if job.precision == "int8" else None
+    if twin is not None:
+        verification = check_exact_int8(verification, outs, [twin.run(x) for x in batches])
+    return verification
 
 
 def _reference_outputs(module, batches, job: ExportJob) -> list:

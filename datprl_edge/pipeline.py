@@ -330,7 +330,8 @@ def eval_stage(ctx: StageContext, r: Recipe) -> dict:
     student = str(ctx.stage_dir("fold") / "student-float.safetensors")
     config = EvalConfig(tasks=tuple(cfg["tasks"]), count=cfg["count"], size=cfg["size"], seed=cfg["seed"],
                         reference=student)
-    report = evaluate(runnable + [teacher], config, command="datprl-edge pipeline (eval stage)")
+    report = evaluate(runnable + [teacher], config, command="datprl-edge pipeline (eval stage)",
+                      harm_dir=ctx.out / "harm")
     report["roles"] = {"teacher": report["models"][-1]["model"], "student_fp32": report["reference"]["model"]}
     report["not_evaluated"] = not_run
     write_json(ctx.out / "eval.json", report)

@@ -264,9 +264,16 @@ def load_qat(path) -> QATResult:
     if cfg.stage != "qat" or cfg.arch != QUANTIZED_ARCH:
         raise CheckpointError(f"{path} is a {cfg.stage!r} checkpoint, not a QAT result; make one with "
                               "datprl-edge qat")
+    extra = cfg.extra
+    target = cfg.options.get("target")
+    if target in TARGETS:
+        made = (extra.get("scheme") or {}).get("version", 1)
+        current = quant_module(target).SCHEME.get("version", 1)
+        if made != current:
+            raise CheckpointError(f"{path} was made with {target} INT8 scheme version {made}; this toolkit "
+                                  f"uses version {current}: run datprl-edge qat again on the float model")
     prepared = build_quantized(**cfg.options)
     load_state_strict(prepared, state, source=path)
-    extra = cfg.extra
     qc = extra.get("qat_config", {})
     known = {f.name for f in dataclasses.fields(QATConfig)}
     config = QATConfig(**{k: (tuple(v) if k == "float_layers" else v) for k, v in qc.items() if k in known})

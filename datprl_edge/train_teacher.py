@@ -21,7 +21,7 @@ def train_teacher(model, config: TrainConfig, data, run_dir=None, *, resume: boo
     from .train.data import build_train_data
 
     if isinstance(data, str):
-        data = build_train_data(data, config.crop, config.train_pairs, config.seed)
+        data = build_train_data(data, config.crop, config.train_pairs, config.seed, config.severity)
     objective = RestorationObjective(copy.deepcopy(model).train(), config)
     return train_loop(objective, config, data, run_dir, stage="teacher", resume=resume,
                       provenance=provenance, step_callback=step_callback)

@@ -153,9 +153,20 @@ def test_config_validation():
     assert config.shapes == ((64, 32),) and config.seconds is None and config.threads >= 1
 
 
+def test_isa_summary_names_the_int8_path():
+    from datprl_edge.bench_env import isa_summary
+
+    assert isa_summary(["avx2", "avx512f", "avx512_vnni"]).startswith("AVX-512 VNNI")
+    assert isa_summary(["avx2", "avx_vnni"]).startswith("AVX VNNI")
+    assert "saturating int16" in isa_summary(["avx2", "fma"])
+    assert isa_summary(["avx2", "avx512f"]).endswith("AVX-512F")
+    assert isa_summary(["neon"]) == "Arm NEON" and isa_summary([]).startswith("no AVX2")
+
+
 def test_environment_and_summary():
     env = environment()
     assert env["python"].startswith("CPython") or env["python"]
+    assert isinstance(env["cpu_flags"], list) and env["isa"]  # which int8 kernels this CPU runs
     assert env["logical_cpus"] >= 1 and "numpy" in env["versions"]
     report = {"results": [{"status": "ok", "artifact": "a.onnx", "shape": [8, 8], "device": "CPU",
                            "load_s": 0.1, "first_inference_ms": 2.0, "latency_ms": {"p50": 1.0, "p90": 1.5},

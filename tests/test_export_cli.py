@@ -198,3 +198,21 @@ def test_default_model_takes_each_targets_shipped_int8_weights():
     assert _export_plan(SimpleNamespace(model=None), task, ExportConfig(**task)) == [(task, None)]
     given = _export_plan(SimpleNamespace(model="m.safetensors"), fields, ExportConfig(**fields))
     assert given == [(fields, "m.safetensors")]
+
+
+def test_mission_command_needs_no_output(capsys, tmp_path, monkeypatch):
+    """`datprl-edge export --target coreml` alone: the bundled student into ./artifacts (printed)."""
+    from conftest import run_cli
+
+    seen = {}
+
+    def fake_export(model, config, out, progress=None):
+        seen.update(config=config, out=out)
+        return []
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("datprl_edge.export.export_model", fake_export)
+    code, out, err = run_cli(capsys, "export", "--target", "coreml")
+    assert code == 0, err
+    assert seen["out"] == tmp_path / "artifacts" and seen["config"].targets == ("coreml",)
+    assert f"writing to {tmp_path / 'artifacts'}" in err and "bundled:edge-xs" in out

@@ -134,3 +134,113 @@ def test_cli_reads_a_qat_checkpoint(qat_checkpoint, exported, capsys, tmp_path, 
     assert code == 0, err
     assert seen["model"] is loaded and seen["config"].source_sha256 != "random-init"
     assert "QAT checkpoint" in out and cmd.DEFAULT_MODEL == "bundled:edge-xs"
+
+
+def _pixel_and_routing_convs(model):
+    """(convs the scheme quantizes, convs it keeps float) of edge-xs as the ONNX scheme rewrites it."""
+    import copy
+
+    from torch import nn
+
+    from datprl_edge.models.student_blocks import fold_layer_scales, split_gates
+    from datprl_edge.quant_scope import prompt_path_modules
+
+    m = copy.deepcopy(model)
+    fold_layer_scales(m)
+    split_gates(m)
+    routing = tuple(prompt_path_modules(m))
+    convs = [n for n, mod in m.named_modules() if isinstance(mod, nn.Conv2d)]
+    # query mappers read feature maps but feed the top-k routing; `sca` convs see pooled (B, C, 1, 1) vectors
+    floats = [n for n in convs if n.startswith(routing) or n.endswith(".sca")]
+    return len(convs) - len(floats), len(floats)
+
+
+def test_onnxruntime_runs_every_pixel_conv_in_integer_kernels(exported, qat_checkpoint):
+    """From onnxruntime's optimized graph: every feature-map conv is a QLinearConv; float convs are the
+    routing ones only; the channel split and the layer-scale multiplies are gone."""
+    from datprl_edge.targets.onnx import runtime_kernels
+
+    out, _, reports = exported
+    kernels = runtime_kernels(out / "edge-xs_onnx_int8.onnx")
+    integer, routing = _pixel_and_routing_convs(qat_checkpoint[0])
+    assert kernels["integer_convs"] == integer and integer >= 40
+    assert kernels["float_convs"] <= routing
+    from datprl_edge.quant_scope import film_modules
+
+    # the only splits left are the FiLM projections' (B, 2C) -> 2 x (B, C) on the prompt path
+    assert kernels["ops"].get("Split", 0) <= len(film_modules(qat_checkpoint[0]))
+    assert reports["onnx"].notes["onnxruntime_convs"].startswith(f"{integer} integer")
+
+
+def test_int8_weights_cannot_saturate_without_vnni(exported):
+    """x86 U8S8 kernels without VNNI add pairs of uint8 x int8 products in int16 (VPMADDUBSW): with
+    weights in [-63, 63] the largest pair is 255 * 126 = 32130 <= 32767, whatever the input or the
+    kernel's pairing, so AVX2 and VNNI CPUs compute the same integer sums."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(exported[0] / "edge-xs_onnx_int8.onnx").graph
+    inits = {t.name: t for t in graph.initializer}
+    activations = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.UINT8}
+    weights = [numpy_helper.to_array(inits[n.input[0]]) for n in graph.node
+               if n.op_type == "DequantizeLinear" and n.input[0] in inits
+               and inits[n.input[0]].data_type == onnx.TensorProto.INT8]
+    assert weights and all(np.abs(w.astype(np.int32)).max() <= 63 for w in weights)
+    assert max(255 * 2 * int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 32767
+    assert activations  # uint8 zero points: activations are uint8, the kernels' U8S8 input type
+
+
+def test_default_kernels_match_exact_integer_kernels(exported):
+    """The export check runs the artifact with onnxruntime's exact U8U8 kernels too: on every x86 CPU
+    the default kernels must give the same result (this is what failed without VNNI before)."""
+    out, _, reports = exported
+    v = reports["onnx"].verification
+    assert v.exact_int8_psnr_db is not None and v.exact_int8_psnr_db >= 60
+    x = np.random.default_rng(2).random((1, 3, 48, 40), dtype=np.float32)
+    fast = open_artifact(out / "edge-xs_onnx_int8.onnx")
+    exact = fast.exact_int8_twin()
+    assert exact is not None and exact.exact_int8 and exact.exact_int8_twin() is None
+    np.testing.assert_allclose(fast.run(x), exact.run(x), atol=1e-5)
+    data = json.loads((out / "edge-xs_onnx_int8.json").read_text())
+    assert data["verification"]["exact_int8_psnr_db"] is not None
+    assert set(data["exported_on"]) == {"cpu_model", "cpu_flags", "isa"} and data["exported_on"]["isa"]
+
+
+def test_exact_int8_failure_blocks_the_artifact():
+    from datprl_edge.targets.common import Verification, check_exact_int8
+
+    v = Verification("int8", "fake-quant", True, True, 40.0, psnr_db=50.0)
+    outs = [np.full((1, 3, 4, 4), 0.5, np.float32)]
+    saturated = [outs[0] + np.float32(0.05)]
+    check_exact_int8(v, outs, saturated)
+    assert not v.passed and "saturation" in v.note and v.exact_int8_psnr_db < 60
+
+
+def test_openvino_int8_holds_on_the_non_vnni_path(exported, tmp_path):
+    """OpenVINO's oneDNN takes ONEDNN_MAX_CPU_ISA: on a VNNI CPU, AVX512_CORE forces the int8 kernels
+    without VNNI (pairs in int16 plus compensation), the path AVX-512 CPUs without VNNI run (an
+    AVX2-only CPU runs its own path natively). The artifact must still match its fake-quant model."""
+    import os
+    import subprocess
+    import sys
+
+    from datprl_edge.bench_env import cpu_info
+
+    flags = set(cpu_info()["flags"])
+    env = dict(os.environ)
+    if "avx512_vnni" in flags:
+        env["ONEDNN_MAX_CPU_ISA"] = "AVX512_CORE"
+    out, qat, _ = exported
+    x = np.random.default_rng(3).random((1, 3, 64, 72), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    code = ("import numpy as np, sys; from datprl_edge.runtime import open_artifact; "
+            f"y = open_artifact({str(out / 'edge-xs_openvino_int8.xml')!r}).run(np.load(sys.argv[1])); "
+            "np.save(sys.argv[2], y)")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+                   env=env, check=True, capture_output=True, timeout=300)
+    from datprl_edge.quant_scope import frozen_observers
+
+    with frozen_observers(qat.prepared):
+        ref = reference_output(qat.prepared, x, 8)
+    y = np.load(tmp_path / "y.npy")
+    assert 10 * np.log10(1.0 / np.mean((y - ref) ** 2)) >= 40

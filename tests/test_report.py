@@ -71,7 +71,8 @@ def run_dir(tmp_path):
     _write(run / "bench" / "bench.json", {
         "schema": "datprl-edge-bench/1", "created": "2026-01-01T00:00:00+0000",
         "load_average_after": [1.0, 1, 1],
-        "environment": {"cpu_model": "Test CPU 9000", "available_cpus": 2, "os": "Linux", "versions": {}},
+        "environment": {"cpu_model": "Test CPU 9000", "available_cpus": 2, "os": "Linux", "versions": {},
+                        "isa": "AVX2 without VNNI (test)"},
         "settings": {"threads": 2, "warmup": 2, "iters": 10, "inference_precision": "f32"},
         "results": results})
     models = [{"model": name, "kind": "artifact", "folded_tasks": None, **_scores(psnr, REFERENCE)}
@@ -116,7 +117,7 @@ def test_report_files_tables_and_figures(run_dir, tmp_path):
         assert section in html
     # Pareto plot, per-task bars and one visual row, all embedded
     assert len(re.findall(r'src="data:image/png;base64,', html)) == 3
-    assert "Test CPU 9000" in html  # says where latency was measured
+    assert "Test CPU 9000" in html and "AVX2 without VNNI (test)" in html  # where latency was measured
     md = out.with_suffix(".md").read_text()
     assert "| s_onnx_int8.onnx | onnx | int8 |" in md and "Recommended operating point" in md
 

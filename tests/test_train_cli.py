@@ -97,3 +97,18 @@ def test_distill_command_under_torchrun_with_two_gloo_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("student (no KD)") == 1  # only rank 0 reports
     assert load_model(tmp_path / "ddp/model.safetensors").datprl_checkpoint.stage == "student"
+
+
+def test_train_teacher_continues_from_init_weights_on_the_fly(teacher_run, tmp_path, capsys):
+    args = [a for a in TINY if a not in ("--pairs", "4")]
+    code, out, err = run_cli(capsys, "train-teacher", "--init", teacher_run / "model.safetensors",
+                             "--steps", "2", "--pairs", "0", "--severity", "random", "--workers", "1",
+                             "--task-weights", "adaptive", "--val-every", "1", "-o", tmp_path / "cont", *args)
+    assert code == 0, err
+    from datprl_edge.checkpoint import read_checkpoint_config
+
+    prov = read_checkpoint_config(tmp_path / "cont/model.safetensors").provenance
+    assert prov["init"].endswith("model.safetensors") and "on-the-fly" in prov["data"]
+    code, _, err = run_cli(capsys, "train-teacher", "--init", "x.safetensors", "--model", "restormer-ref",
+                           "--steps", "1", "-o", tmp_path / "bad", *TINY)
+    assert code == 2 and "--init" in err

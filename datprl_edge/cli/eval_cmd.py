@@ -26,7 +26,13 @@ def register(subparsers):
     p.add_argument("--count", type=int, default=8, metavar="N", help="validation pairs per task (8)")
     p.add_argument("--size", type=int, default=256, metavar="PX", help="validation crop size (256)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="validation seed (0)")
+    p.add_argument("--baselines", action="store_true",
+                   help="also score each task's classical methods (scikit-image, bm3d, ...; see "
+                        "datprl_edge.baselines), the best one chosen on the train split")
     p.add_argument("--json", metavar="OUT", help="write the full report (JSON) here")
+    p.add_argument("--harm-visuals", action="store_true",
+                   help="with --json: save crops of each model's worst harmed image per task (images where "
+                        "it is worse than the input) beside OUT, in OUT_harm/, for the report")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=run)
 
@@ -41,10 +47,24 @@ def run(args) -> int:
     if args.json:
         inputs = args.models + ([args.reference] if args.reference else [])
         check_output(args.json, overwrite=args.overwrite, inputs=inputs, suffix=".json", option="--json")
+    if args.harm_visuals and not args.json:
+        from ..errors import ConfigError
+
+        raise ConfigError("--harm-visuals writes beside the --json report; give --json OUT too")
     tasks = [t.strip() for item in args.task or [] for t in item.split(",") if t.strip()] or None
     config = EvalConfig(data=args.data, tasks=tasks, count=args.count, size=args.size, seed=args.seed,
-                        reference=args.reference, network=args.network)
-    report = evaluate(args.models, config, command=_command(args), progress=sys.stderr.isatty())
+                        reference=args.reference, network=args.network, baselines=args.baselines)
+    harm_dir = None
+    if args.harm_visuals:
+        from pathlib import Path
+
+        harm_dir = Path(args.json).with_name(Path(args.json).stem + "_harm")
+        if harm_dir.exists() and not args.overwrite:
+            from ..errors import OutputExistsError
+
+            raise OutputExistsError(f"{harm_dir} exists; pass --overwrite to replace it")
+    report = evaluate(args.models, config, command=_command(args), progress=sys.stderr.isatty(),
+                      harm_dir=harm_dir)
     print("\n".join(summary_lines(report)))
     if args.json:
         write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
@@ -60,4 +80,5 @@ def _command(args) -> str:
         value = getattr(args, flag)
         if value is not None:
             parts += [f"--{flag}", str(value)]
+    parts += [f"--{f.replace('_', '-')}" for f in ("baselines", "harm_visuals") if getattr(args, f, False)]
     return shlex.join(parts)

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import ConfigError, InputNotFoundError
 
 DEFAULT_MODEL = "bundled:edge-xs"
+DEFAULT_OUTPUT = "artifacts"
 _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt", ".bin")
 
 
@@ -24,7 +25,8 @@ def register(subparsers):
     p.add_argument("model", nargs="?", metavar="MODEL",
                    help="checkpoint, QAT checkpoint, bundled:NAME or registry name (default: the bundled "
                         "student, bundled:edge-xs)")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
+    p.add_argument("-o", "--output", metavar="DIR",
+                   help=f"output folder (default: ./{DEFAULT_OUTPUT} under the current folder)")
     p.add_argument("--target", metavar="T", help="onnx, openvino, coreml, all, or a comma list")
     p.add_argument("--precision", metavar="P",
                    help="fp32, fp16, int8, a comma list or all (default: fp16 for Core ML, else fp32)")
@@ -81,11 +83,14 @@ def run(args) -> int:
     def say(msg):
         print(f"datprl-edge: {msg}", file=sys.stderr, flush=True)
 
+    output = Path(args.output) if args.output else Path.cwd() / DEFAULT_OUTPUT
+    if not args.output:
+        say(f"writing to {output} (the default; -o DIR picks another folder)")
     for fields_part, source in _export_plan(args, fields, probe):
         model, info = source if isinstance(source, tuple) else load_source(source, args.network, probe)
         config = ExportConfig(**fields_part, model_name=args.name or info["name"],
                               source_sha256=info["sha256"], overwrite=args.overwrite)
-        reports += export_model(model, config, Path(args.output), progress=say)
+        reports += export_model(model, config, output, progress=say)
         labels.append(info["label"])
     if args.json:
         print(json.dumps([r.to_dict() for r in reports], indent=2, default=str))

@@ -23,6 +23,9 @@ def register(subparsers):
                    help=f"registry name of the architecture to train (default {DEFAULT_TEACHER})")
     p.add_argument("--network", metavar="CFG",
                    help="YAML/JSON with a network_g block (type + options) instead")
+    p.add_argument("--init", metavar="CKPT",
+                   help="start from these weights (a toolkit checkpoint or bundled:teacher-ref) instead of "
+                        "a random initialisation; the architecture comes from the checkpoint")
     add_training_args(p)
     p.set_defaults(func=run)
 
@@ -37,7 +40,19 @@ def add_training_args(p) -> None:
     g.add_argument("--batch", type=int, default=8, metavar="B", help="global batch size (default 8)")
     g.add_argument("--crop", type=int, default=64, metavar="PX", help="training crop size (default 64)")
     g.add_argument("--pairs", type=int, default=2048, metavar="N",
-                   help="size of the fixed pool of training crops (default 2048)")
+                   help="size of the fixed pool of training crops (default 2048); 0: a new pair for every "
+                        "crop (on the fly, synthetic data)")
+    g.add_argument("--severity", default="fixed",
+                   help="fixed (each task's default, default) or random (uniform over the task's training "
+                        "range, synthetic data)")
+    g.add_argument("--task-weights", default="uniform", metavar="SPEC",
+                   help="how often each task is drawn: uniform (default), adaptive (more steps for tasks "
+                        "with the smallest validation gain over the input) or TASK=W,... (others 1)")
+    g.add_argument("--pair-reuse", type=int, default=1, metavar="R",
+                   help="on-the-fly pairs: each made pair fills R batch slots in different flips/turns")
+    g.add_argument("--time-budget", type=float, default=0.0, metavar="SEC",
+                   help="train for this many seconds: --steps becomes an upper bound and the cosine "
+                        "schedule is fitted to the time (default 0 = off)")
     g.add_argument("--lr", type=float, default=4e-4, help="peak learning rate (AdamW, cosine; default 4e-4)")
     g.add_argument("--min-lr", type=float, default=1e-6, help="final learning rate (default 1e-6)")
     g.add_argument("--warmup", type=int, default=0, metavar="N", help="linear warm-up steps (default 0)")
@@ -59,6 +74,8 @@ def add_training_args(p) -> None:
                    help="channels_last (default: on CUDA)")
     h.add_argument("--compile", action="store_true", help="torch.compile the training model")
     h.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads per process")
+    h.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="processes that make the batches ahead of the step (default 0: in the step)")
     h.add_argument("--ckpt-every", type=int, default=200, metavar="N",
                    help="checkpoint interval (default 200)")
     h.add_argument("--val-every", type=int, default=200, metavar="N",
@@ -73,6 +90,8 @@ def add_training_args(p) -> None:
 
 def config_kwargs(args) -> dict:
     return dict(steps=args.steps, batch_size=args.batch, crop=args.crop, train_pairs=args.pairs, lr=args.lr,
+                severity=args.severity, task_weights=args.task_weights, workers=args.workers,
+                pair_reuse=args.pair_reuse, time_budget=args.time_budget,
                 min_lr=args.min_lr, warmup_steps=args.warmup, grad_clip=args.grad_clip,
                 fft_weight=args.fft_weight, ema_decay=args.ema, seed=args.seed, accum_steps=args.accum,
                 curriculum=args.curriculum, prompt_mode=args.prompts, amp=args.amp,
@@ -114,6 +133,12 @@ def build_teacher_model(args):
 
     if args.network and args.model:
         raise ConfigError("pass either --model or --network, not both")
+    if getattr(args, "init", None):
+        if args.network or args.model:
+            raise ConfigError("--init takes the architecture from the checkpoint; drop --model/--network")
+        from ..models.loading import load_model
+
+        return load_model(args.init)
     if args.network:
         net = read_network_config(args.network)
         arch = net.pop("type", None)
@@ -133,7 +158,7 @@ def run(args) -> int:
     config = TrainConfig(**config_kwargs(args))
     torch.manual_seed(config.seed)
     model = build_teacher_model(args)
-    result = train_teacher(model, config, args.data, args.output, resume=args.resume,
-                           provenance={"command": command_line()})
+    prov = {"command": command_line(), **({"init": args.init} if args.init else {})}
+    result = train_teacher(model, config, args.data, args.output, resume=args.resume, provenance=prov)
     print_summary(result, "teacher")
     return 0

@@ -75,9 +75,11 @@ class SyntheticDataset(Dataset):
 
     samples: `Sample`s (None: all bundled 'train' samples); each task draws only images of its
     domain (preferring its modalities, see `Task.modalities`). tasks: ids or set names.
-    severities: None (each task's default), one float, or a list to draw from uniformly.
+    severities: None (each task's default), one float, a list to draw from uniformly, or "train"
+    (uniform over each task's `train_severity` range).
     Item i depends only on (seed, i), so it is the same in any worker and epoch; pass a new seed
-    per epoch for fresh pairs. Tasks cycle with the index, so every task gets length/len(tasks).
+    per epoch for fresh pairs. Tasks cycle with the index, so every task gets length/len(tasks);
+    `make(task_index, i)` makes item i for another task (on-the-fly training picks tasks itself).
     """
 
     def __init__(self, samples=None, tasks="9task", severities=None, crop: int = 128, length: int = 1000,
@@ -95,8 +97,8 @@ class SyntheticDataset(Dataset):
             if not pool:
                 raise ConfigError(f"no samples of domain {t.domain!r} for task {t.id}")
             self.pools[t.id] = pool
-        if severities is None:
-            self.severities = None
+        if severities is None or severities == "train":
+            self.severities = severities
         else:
             sev = [severities] if np.isscalar(severities) else list(severities)
             self.severities = [float(s) for s in sev]
@@ -112,15 +114,32 @@ class SyntheticDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.length:
             raise IndexError(index)
-        task = self.tasks[index % len(self.tasks)]
+        return self.make(index % len(self.tasks), index)
+
+    def make(self, task_index: int, index: int) -> dict:
+        """Item `index` made for task `task_index` (any index >= 0; depends only on seed, task, index)."""
+        task = self.tasks[task_index]
         rng = np.random.default_rng(item_seed(self.seed, task.id, index))
         pool = self.pools[task.id]
         sample = pool[int(rng.integers(len(pool)))]
-        severity = task.default_severity if self.severities is None else \
-            self.severities[int(rng.integers(len(self.severities)))]
+        if self.severities is None:
+            severity = task.default_severity
+        elif self.severities == "train":
+            lo, hi = train_severity(task)
+            severity = float(rng.uniform(lo, hi))
+        else:
+            severity = self.severities[int(rng.integers(len(self.severities)))]
         pair = make_pair(task, load_image(sample), self.crop, severity, rng, flip_rotate=True)
         return {"lq": to_tensor(pair.lq), "gt": to_tensor(pair.gt), "task": task.id, "domain": task.domain,
-                "severity": float(severity), "task_index": index % len(self.tasks)}
+                "severity": float(severity), "task_index": task_index}
+
+
+def train_severity(task) -> tuple[float, float]:
+    """The (lo, hi) severity range training draws from (the default +- 0.15 where the task has none)."""
+    task = get_task(task)
+    d = task.default_severity
+    rng = getattr(task, "train_severity", None) or (max(0.0, d - 0.15), min(1.0, d + 0.15))
+    return float(rng[0]), float(rng[1])
 
 
 @dataclass(frozen=True, eq=False)

@@ -87,11 +87,76 @@ class EdgeBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
         h = x if self.film is None else self.film(x, prompt)
-        h = self.gate(self.conv2(self.conv1(h)))
+        if isinstance(self.conv1, Halves):
+            h = self.conv2.a(self.conv1.a(h)) * self.conv2.b(self.conv1.b(h))
+        else:
+            h = self.gate(self.conv2(self.conv1(h)))
         if self.sca is not None:
             h = h * self.sca(h.mean(dim=(2, 3), keepdim=True))
-        y = x + self.beta * self.conv3(h)
-        return y + self.gamma * self.conv5(self.gate(self.conv4(y)))
+        y = x + _scaled(self.beta, self.conv3(h))
+        f = self.conv4.a(y) * self.conv4.b(y) if isinstance(self.conv4, Halves) else self.gate(self.conv4(y))
+        return y + _scaled(self.gamma, self.conv5(f))
+
+
+def _scaled(scale, x):
+    return x if scale is None else scale * x
+
+
+class Halves(nn.Module):
+    """A conv cut along its output channels into the half SimpleGate multiplies (`a`) and the half
+    it multiplies by (`b`)."""
+
+    def __init__(self, a: nn.Conv2d, b: nn.Conv2d):
+        super().__init__()
+        self.a, self.b = a, b
+
+
+def _halve(conv: nn.Conv2d) -> Halves:
+    n = conv.out_channels // 2
+    depthwise = conv.groups == conv.in_channels == conv.out_channels
+    parts = []
+    for sl in (slice(0, n), slice(n, 2 * n)):
+        part = nn.Conv2d(n if depthwise else conv.in_channels, n, conv.kernel_size, stride=conv.stride,
+                         padding=conv.padding, groups=n if depthwise else conv.groups,
+                         bias=conv.bias is not None)
+        with torch.no_grad():
+            part.weight.copy_(conv.weight[sl])
+            if conv.bias is not None:
+                part.bias.copy_(conv.bias[sl])
+        parts.append(part)
+    return Halves(*parts)
+
+
+def split_gates(model) -> int:
+    """Cut every EdgeBlock's gated convs (conv1 + depthwise conv2, conv4) into the two halves that
+    SimpleGate multiplies, in place; returns how many blocks changed. Exact: the block then has no
+    channel split, which INT8 runtimes run in float between a dequantize and a quantize."""
+    changed = 0
+    for block in model.modules():
+        if isinstance(block, EdgeBlock) and not isinstance(block.conv1, Halves):
+            block.conv1, block.conv2, block.conv4 = (_halve(block.conv1), _halve(block.conv2),
+                                                     _halve(block.conv4))
+            changed += 1
+    return changed
+
+
+def fold_layer_scales(model) -> int:
+    """Fold every EdgeBlock's per-channel layer scales (beta, gamma) into the 1x1 conv before them,
+    in place; returns how many blocks changed. Exact; the folded blocks skip the two multiplies,
+    which INT8 runtimes would otherwise run as broadcast elementwise ops."""
+    changed = 0
+    with torch.no_grad():
+        for block in model.modules():
+            if not isinstance(block, EdgeBlock) or block.beta is None:
+                continue
+            for scale_name, conv in (("beta", block.conv3), ("gamma", block.conv5)):
+                scale = getattr(block, scale_name).detach().flatten()
+                conv.weight.mul_(scale.view(-1, 1, 1, 1))
+                if conv.bias is not None:
+                    conv.bias.mul_(scale)
+                setattr(block, scale_name, None)
+            changed += 1
+    return changed
 
 
 class QueryMapper(nn.Module):

@@ -64,7 +64,7 @@ def build_report(run_dir, out_html, *, budget_ms: float | None = None,
                 + H.image_html(pareto, "latency vs PSNR Pareto plot",
                                "No artifact has both a measured latency and a measured PSNR.")
                 + f'<p class="caption">{H.e(_pareto_caption(run, shape))}</p>\n',
-                H.table_html(by_key["psnr"]),
+                H.table_html(by_key["psnr"]), _harm_html(run),
                 '<h2 id="bars">Per-task PSNR</h2>\n' + H.image_html(bars, "per-task PSNR bars",
                                                                      "No eval report: no per-task PSNR."),
                 _visuals_html(run, visuals), H.table_html(by_key["candidates"], rec.artifact), edge.html(),
@@ -131,6 +131,33 @@ def _visuals_html(run: RunData, visuals: list) -> str:
     for entry, png in visuals:
         out += H.image_html(png, f"visual comparison {entry['task']}", "")
     return out
+
+
+def _harm_html(run: RunData) -> str:
+    """Thumbnails of the worst harmed image per model and task, where the eval saved crops of them."""
+    from .tables import model_columns
+
+    out = []
+    for label, entry in model_columns(run)[1:]:
+        for task, m in (entry.get("per_task") or {}).items():
+            vis = m.get("harm_visual") if isinstance(m, dict) else None
+            if not vis:
+                continue
+            images = []
+            for name in ("ground truth", "input", "model"):
+                path = run.run_dir / str(vis["files"].get(name, ""))
+                if path.is_file() and path.suffix.lower() == ".png":
+                    images.append((name, path.read_bytes()))
+            if images:
+                out.append(H.thumbs_html(images, f"{label}, {task}: harms {m['harm']}/{m.get('images', '?')} "
+                                                 f"images; worst {vis.get('image')} "
+                                                 f"({m.get('worst_gain_db', 0):+.2f} dB against the input), "
+                                                 f"crop {vis.get('crop')} (top, left, side)."))
+    if not out:
+        return ""
+    return ('<h2 id="harm">Harm: images worse than the input</h2>\n<p class="caption">For each model and '
+            "task where the output is worse than the degraded input on some image: the crop of the worst "
+            "image where the model adds the most error (ground truth, input, model).</p>\n" + "".join(out))
 
 
 def _sources_html(run: RunData) -> str:

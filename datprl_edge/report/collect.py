@@ -117,6 +117,8 @@ def collect(run_dir) -> RunData:
     if not (exports or benches or evals):
         raise InputNotFoundError(f"{run_dir} holds no export, bench or eval reports (JSON); run "
                                  "`datprl-edge pipeline` or the export/bench/eval commands with --json first")
+    for rel, data in evals:
+        _rebase_harm_files(data, (run_dir / rel).parent.relative_to(run_dir))
     bench = _merge_bench([d for _, d in benches])
     ev = _merge_eval([d for _, d in evals])
     artifacts = _artifacts(exports, bench, ev)
@@ -145,6 +147,16 @@ def _read(path: Path):
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"cannot read {path}: {e}") from None
+
+
+def _rebase_harm_files(report: dict, folder: Path) -> None:
+    """Harm thumbnails are named relative to their eval JSON; make them relative to the run folder."""
+    entries = list(report.get("models") or []) + [report.get("reference") or {}]
+    for entry in entries:
+        for m in (entry.get("per_task") or {}).values():
+            vis = m.get("harm_visual") if isinstance(m, dict) else None
+            if isinstance(vis, dict) and isinstance(vis.get("files"), dict):
+                vis["files"] = {k: (folder / str(f)).as_posix() for k, f in vis["files"].items()}
 
 
 def _merge_bench(reports: list) -> dict | None:

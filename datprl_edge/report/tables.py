@@ -17,6 +17,7 @@ class Table:
     header: list
     rows: list  # lists of str
     numeric: tuple = ()  # column indices aligned right
+    flagged: set = dataclasses.field(default_factory=set)  # (row, column) cells shown in red
 
 
 def artifacts_table(run: RunData, shape) -> Table:
@@ -72,16 +73,46 @@ def latency_table(run: RunData) -> Table:
 
 
 def psnr_table(run: RunData) -> Table:
+    """PSNR per task and model, with the harm count (images below the input) where the eval has it;
+    a model whose task mean is below the input's is flagged (red in HTML)."""
     ev = run.eval or {}
     tasks = ev.get("tasks", [])
     header = ["model"] + list(tasks) + ["mean"]
-    rows = []
-    for label, entry in model_columns(run):
+    inputs = ev.get("input", {}).get("per_task", {}) if ev else {}
+    rows, flagged, below = [], set(), []
+    for r, (label, entry) in enumerate(model_columns(run)):
         per_task = entry.get("per_task", {})
-        rows.append([label] + [_f(per_task.get(t, {}).get("psnr")) for t in tasks]
-                    + [_f(entry.get("mean", {}).get("psnr"))])
-    return Table("psnr", "PSNR per task (dB)", eval_caption(run), header, rows,
-                 numeric=tuple(range(1, len(header))))
+        row = [label]
+        for c, t in enumerate(tasks, start=1):
+            m = per_task.get(t, {})
+            cell = _f(m.get("psnr"))
+            if "harm" in m:
+                cell += f" (harm {m['harm']}/{m.get('images', '?')})"
+            if r and _below(m, inputs.get(t)):
+                flagged.add((r, c))
+                below.append(f"{label} on {t}")
+            row.append(cell)
+        rows.append(row + [_f(entry.get("mean", {}).get("psnr"))])
+    classical = (ev.get("baselines") or {}).get("per_task", {})
+    if classical:
+        cells = []
+        for t in tasks:
+            c = classical.get(t, {})
+            m = c.get("methods", {}).get(c.get("best") or "")
+            cells.append(f"{_f(m['psnr'])} ({c['best']})" if m else "-")
+        rows.append(["best classical (chosen on train)"] + cells + ["-"])
+    caption = eval_caption(run) + (" Harm: images where the model's PSNR is below the degraded input's. "
+                                   "Red: the task's mean PSNR is below the input's.")
+    if below:
+        caption += f" Below the input: {'; '.join(below)}."
+    return Table("psnr", "PSNR per task (dB)", caption, header, rows,
+                 numeric=tuple(range(1, len(header))), flagged=flagged)
+
+
+def _below(m: dict, inp: dict | None) -> bool:
+    if "below_input" in m:
+        return bool(m["below_input"])
+    return bool(inp) and m.get("psnr") is not None and m["psnr"] < inp.get("psnr", float("-inf"))
 
 
 def stages_table(run: RunData) -> Table:
@@ -137,8 +168,10 @@ def bench_caption(run: RunData) -> str:
     runtimes = ", ".join(f"{k} {v}" for k, v in versions.items() if k in ("onnxruntime", "openvino",
                                                                             "coremltools") and v)
     loop = f"{s.get('iters')} timed iterations" if s.get("iters") else f"{s.get('seconds')} s timed loop"
+    isa = env.get("isa") or ", ".join(env.get("cpu_flags") or []) or "ISA unknown"
     return (f"Measured by the bench stage on {env.get('cpu_model') or 'an unknown CPU'} "
-            f"({env.get('available_cpus')} available CPUs, {s.get('threads')} threads, {env.get('os')}), "
+            f"({isa}; {env.get('available_cpus')} available CPUs, {s.get('threads')} threads, "
+            f"{env.get('os')}), "
             f"{b.get('created', '')}; {s.get('warmup')} warm-up runs then {loop}, batch 1, random input; "
             f"OpenVINO inference precision hint {s.get('inference_precision')}; {runtimes}. "
             f"Load average before/after: {_load(b)}. Each artifact ran in a fresh process." + _busy(b, env))

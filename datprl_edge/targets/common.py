@@ -26,6 +26,10 @@ INPUT_NAME, OUTPUT_NAME = "input", "output"
 # Lowest PSNR (dB) of an artifact against its torch reference: FP32 and FP16 against the FP32
 # model, INT8 against the fake-quant model.
 MIN_PSNR_DB = {"fp32": 60.0, "fp16": 45.0, "int8": 40.0}
+# Lowest PSNR (dB) of an INT8 artifact run with the runtime's default kernels against the same
+# artifact run with its exact integer kernels (where the runtime has both): they differ only where
+# the fast kernels lose precision on this CPU (int16 saturation without VNNI), which must not happen.
+MIN_EXACT_INT8_PSNR_DB = 60.0
 
 
 # -- naming -------------------------------------------------------------------------------------
@@ -126,6 +130,8 @@ class Verification:
     max_abs_diff: float | None = None
     images: list = dataclasses.field(default_factory=list)  # names/shapes of the images used
     note: str = ""
+    # INT8 only, where the runtime has exact integer kernels: default kernels vs exact kernels (dB)
+    exact_int8_psnr_db: float | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -167,6 +173,19 @@ def compare_outputs(refs, outs, precision: str, reference: str, images=()) -> Ve
         max_abs_diff=float(max(diffs)) if all(math.isfinite(d) for d in diffs) else None,
         images=list(images), note=note,
     )
+
+
+def check_exact_int8(verification: Verification, outs, exact_outs) -> Verification:
+    """Add the default-vs-exact-kernel comparison of an INT8 artifact to its verification."""
+    values = [psnr_db(e, o) for e, o in zip(exact_outs, outs)]
+    worst = min(values)
+    verification.exact_int8_psnr_db = round(worst, 3) if math.isfinite(worst) else worst
+    if worst < MIN_EXACT_INT8_PSNR_DB:
+        verification.passed = False
+        verification.note = (f"on this CPU the runtime's fast INT8 kernels differ from its exact integer "
+                             f"kernels ({worst:.1f} dB < {MIN_EXACT_INT8_PSNR_DB} dB): int16 saturation "
+                             "without VNNI; re-quantize with this toolkit's scheme (7-bit weights)")
+    return verification
 
 
 def structural_only(precision: str, reference: str, note: str) -> Verification:
@@ -219,6 +238,11 @@ class ArtifactSession:
     @property
     def pad_multiple(self) -> int:
         return int(self.metadata.get("pad_multiple", "1") or 1)
+
+    def exact_int8_twin(self):
+        """The same artifact with the runtime's exact integer kernels, or None where the runtime has
+        no such switch (its INT8 kernels are exact, or it cannot say)."""
+        return None
 
     @property
     def channels(self) -> int:

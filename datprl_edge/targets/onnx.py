@@ -17,8 +17,12 @@ class OnnxSession(ArtifactSession):
 
     target = "onnx"
 
-    def __init__(self, path, providers=None, threads: int | None = None):
+    # onnxruntime's x86 switch from U8S8 kernels (int16 pair sums without VNNI) to exact U8U8 ones
+    EXACT_INT8_OPTION = "session.x64quantprecision"
+
+    def __init__(self, path, providers=None, threads: int | None = None, exact_int8: bool = False):
         self.path = Path(path)
+        self._threads, self._providers, self.exact_int8 = threads, providers, exact_int8
         if not self.path.is_file():
             raise InputNotFoundError(f"ONNX artifact not found: {self.path}")
         ort = require("onnxruntime", purpose="running ONNX artifacts")
@@ -27,6 +31,8 @@ class OnnxSession(ArtifactSession):
         threads = threads or env_threads()
         if threads:
             options.intra_op_num_threads = threads
+        if exact_int8:
+            options.add_session_config_entry(self.EXACT_INT8_OPTION, "1")
         try:
             self._sess = ort.InferenceSession(str(self.path), options,
                                               providers=providers or ["CPUExecutionProvider"])
@@ -43,6 +49,39 @@ class OnnxSession(ArtifactSession):
 
     def _infer(self, x):
         return self._sess.run(None, {self._input: x})[0]
+
+    def exact_int8_twin(self):
+        if self.exact_int8:
+            return None
+        return OnnxSession(self.path, providers=self._providers, threads=self._threads, exact_int8=True)
+
+
+INTEGER_CONVS = ("QLinearConv", "ConvInteger")
+FLOAT_CONVS = ("Conv", "FusedConv", "NchwcConv")
+
+
+def runtime_kernels(path, threads: int = 1) -> dict:
+    """What onnxruntime's CPU provider runs after its graph optimizations (QDQ fusion, layout
+    transforms): the op histogram of the optimized graph and its integer vs float convolutions."""
+    import tempfile
+
+    onnx = require("onnx", purpose="inspecting ONNX files")
+    ort = require("onnxruntime", purpose="running ONNX artifacts")
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = threads
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        try:
+            ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise ArtifactError(f"onnxruntime cannot load {Path(path).name}: {first}") from None
+        graph = onnx.load(options.optimized_model_filepath).graph
+    ops = collections.Counter(n.op_type for n in graph.node)
+    return {"ops": dict(sorted(ops.items())),
+            "integer_convs": sum(ops[k] for k in INTEGER_CONVS),
+            "float_convs": sum(ops[k] for k in FLOAT_CONVS)}
 
 
 def inspect_onnx(path) -> dict:

@@ -25,6 +25,12 @@ def export(job, dest: Path) -> dict:
     set_metadata(proto, job.metadata)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(dest))
+    if job.precision == "int8":
+        from .onnx import runtime_kernels
+
+        kernels = runtime_kernels(dest)
+        notes = {**notes, "onnxruntime_convs": f"{kernels['integer_convs']} integer (QLinearConv), "
+                                                f"{kernels['float_convs']} float (prompt path)"}
     return notes
 
 

@@ -1,20 +1,36 @@
-"""INT8 quantizer settings of the ONNX target: torchao PT2E with a symmetric QDQ scheme.
+"""INT8 quantizer settings of the ONNX target: torchao PT2E with a QDQ scheme onnxruntime runs in
+integer kernels on every x86 CPU, with and without VNNI.
 
 Stack: `torch.export` -> `prepare_qat_pt2e` -> (calibrate / train) -> `convert_pt2e`; the
 converted program exports with `torch.onnx.export(dynamo=True)` to QuantizeLinear /
-DequantizeLinear pairs with int8 weight initializers, which onnxruntime fuses into QLinearConv /
-QLinearMul / QLinearAdd. The quantizer is torchao's XNNPACKQuantizer with its symmetric config:
-it annotates conv, linear, add, mul and cat with their inputs and outputs, which is exactly what
-onnxruntime's QDQ fusion wants (X86InductorQuantizer leaves conv outputs in float and uses uint8).
-torchao 0.18 ships it under `torchao.testing.pt2e` (marked deprecated in favour of executorch's
-copy, which needs executorch); the pinned torchao is the one this was checked against.
+DequantizeLinear pairs, which onnxruntime fuses into QLinearConv / QLinearMul / QLinearAdd. The
+annotator is torchao's XNNPACKQuantizer (conv, linear, add, mul, cat with their inputs and outputs:
+the placement onnxruntime's QDQ fusions match) given this scheme's own specs:
+
+- activations uint8 per-tensor affine [0, 255]: onnxruntime's x86 integer kernels are U8S8; int8
+  activations are rewritten to uint8 only where a QuantizeLinear has a single consumer, which
+  PT2E's duplicated DequantizeLinear nodes defeat, leaving the convolutions in float;
+- weights int8 symmetric per output channel in [-63, 63] (7 bits): without VNNI the U8S8 kernels
+  add pairs of uint8 x int8 products in saturating int16 (VPMADDUBSW); 255 * 63 * 2 = 32130 fits,
+  so every CPU computes the same exact integer sums (255 * 127 * 2 would not).
+
+Before tracing, the student is rewritten exactly (`fold_layer_scales`, `split_gates`): per-channel
+layer scales go into the conv weights and each SimpleGate's conv is cut into its two halves, so the
+graph has no broadcast multiply and no channel split between quantized ops. Products and sums of a
+feature map with a per-channel (B, C, 1, 1) tensor (channel attention, FiLM) stay float: the
+runtime's broadcast QLinearMul is slower than float. Pixel (un)shuffle shares its input's
+quantization, so it moves uint8 (DepthToSpace).
 
 The prompt path (every node of a query mapper or prompt pool, and every node whose output is not a
-4-D feature map, such as the FiLM prompt projections) is quantized weight-only: its conv / linear
-weights are int8 symmetric per output channel (int8 initializers feeding DequantizeLinear, so the
-file shrinks), while its activations stay float, so the discrete top-k prompt choice sees float
-queries and cannot flip on an activation rounding step. The `float_layers` stay fully float (their
-weights and output; a float layer still reads an int8 input when its producer is quantized).
+spatial feature map, such as the FiLM prompt projections and the pooled channel-attention convs) is
+quantized weight-only: its conv / linear weights are int8 symmetric per output channel (int8
+initializers feeding DequantizeLinear, so the file shrinks), while its activations stay float, so
+the discrete top-k prompt choice sees float queries and cannot flip on an activation rounding step.
+The `float_layers` stay fully float (their weights and output; a float layer still reads an
+int8 input when its producer is quantized).
+
+torchao 0.18 ships XNNPACKQuantizer under `torchao.testing.pt2e` (marked deprecated in favour of
+executorch's copy, which needs executorch); the pinned torchao is the one this was checked against.
 """
 
 from __future__ import annotations
@@ -23,36 +39,45 @@ import copy
 import warnings
 
 from ..errors import ConfigError
+from ..models.student_blocks import fold_layer_scales, split_gates
 from ..quant_scope import PROMPT_PATH, prompt_path_modules
 
 TARGET = "onnx"
 STACK = "torchao PT2E (torch.export + prepare_qat_pt2e + convert_pt2e)"
+# Bumped whenever the prepared graph or its quantization specs change: a QAT checkpoint stores the
+# prepared state, which only loads into the graph it was made with.
+SCHEME_VERSION = 2
+WEIGHT_QMAX = 63  # 7-bit weights: no int16 saturation in U8S8 kernels without VNNI (module docstring)
 SCHEME = {
     "target": TARGET,
     "stack": STACK,
-    "quantizer": ("torchao XNNPACKQuantizer, get_symmetric_quantization_config(is_per_channel=True, "
-                  "is_qat=True)"),
-    "weights": "int8 symmetric per output channel, [-127, 127]",
-    "activations": "int8 per-tensor affine, [-128, 127], moving-average min/max",
-    "quantized_ops": ["conv2d", "linear", "add", "mul", "cat"],
-    "float_by_design": f"activations of the {PROMPT_PATH}",
+    "version": SCHEME_VERSION,
+    "quantizer": "torchao XNNPACKQuantizer annotators with this scheme's uint8 / 7-bit specs",
+    "weights": f"int8 symmetric per output channel, [-{WEIGHT_QMAX}, {WEIGHT_QMAX}] (no int16 saturation "
+               "in x86 U8S8 kernels without VNNI)",
+    "activations": "uint8 per-tensor affine, [0, 255], moving-average min/max",
+    "quantized_ops": ["conv2d", "linear", "add", "mul (same-shape)", "cat", "pixel_shuffle (shared range)"],
+    "rewrites": "layer scales folded into convs, SimpleGate convs cut in halves (exact)",
+    "float_by_design": f"activations of the {PROMPT_PATH}; per-channel broadcast products (channel "
+                       "attention, FiLM)",
     "weight_only": f"conv / linear weights of the {PROMPT_PATH}: int8 symmetric per output channel, "
                    "float activations (the top-k routing sees float queries)",
     "float_layer_semantics": "weights and output stay float; the input is int8 if its producer is quantized",
     "converted": "torch.fx.GraphModule with quantize/dequantize ops and int8 weight constants",
-    "export": "torch.onnx.export(converted, dynamo=True) -> QDQ ONNX (int8 initializers)",
+    "export": "torch.onnx.export(converted, dynamo=True) -> QDQ ONNX (uint8 activations, int8 weights)",
     "input_sizes": "H and W multiples of the pad multiple, at least 2x it (shapes are traced symbolically)",
-    "why": "the target's own PT2E path; the quantizer's QDQ placement matches onnxruntime's QLinear fusions",
+    "why": "the target's own PT2E path; uint8 x 7-bit int8 is what onnxruntime fuses into integer kernels "
+           "and computes exactly on every x86 instruction set",
 }
 
 
 def quantizer(float_layers=(), model=None):
-    """The composed torchao quantizer: float marker first, then XNNPACK, then the float-edge pass."""
+    """The composed torchao quantizer: float marker, shared-range pass, XNNPACK, float-edge pass."""
     from torchao.quantization.pt2e.quantizer import ComposableQuantizer
-    from torchao.testing.pt2e._xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+    from torchao.testing.pt2e._xnnpack_quantizer import XNNPACKQuantizer
 
     scopes = tuple(prompt_path_modules(model)) if model is not None else ()
-    config = get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
+    config = quantization_config()
     marker = FloatScopeMarker(scopes, tuple(float_layers), prompt_weight_qspec=config.weight)
     with warnings.catch_warnings():  # "XNNPACKQuantizer is deprecated!": see the module docstring
         warnings.simplefilter("ignore")
@@ -61,7 +86,29 @@ def quantizer(float_layers=(), model=None):
     if not _has_batchnorm(model):
         # the conv+BN QAT patterns cost seconds of pattern tracing and match nothing without BN
         xnnpack.STATIC_QAT_ONLY_OPS = []
-    return ComposableQuantizer([marker, xnnpack, FloatEdgePass(marker)])
+    return ComposableQuantizer([marker, SharedRangePass(), xnnpack, FloatEdgePass(marker)])
+
+
+def quantization_config():
+    """uint8 activations, 7-bit symmetric per-channel int8 weights, both trained (QAT fake quant)."""
+    import torch
+    from torchao.quantization.pt2e import FusedMovingAvgObsFakeQuantize
+    from torchao.quantization.pt2e.observer import (
+        MovingAverageMinMaxObserver,
+        MovingAveragePerChannelMinMaxObserver,
+    )
+    from torchao.quantization.pt2e.quantizer import QuantizationSpec
+    from torchao.testing.pt2e._xnnpack_quantizer_utils import QuantizationConfig
+
+    def fake_quant(observer):
+        return FusedMovingAvgObsFakeQuantize.with_args(observer=observer, eps=2 ** -12)
+
+    act = QuantizationSpec(dtype=torch.uint8, quant_min=0, quant_max=255, qscheme=torch.per_tensor_affine,
+                           observer_or_fake_quant_ctr=fake_quant(MovingAverageMinMaxObserver))
+    weight = QuantizationSpec(dtype=torch.int8, quant_min=-WEIGHT_QMAX, quant_max=WEIGHT_QMAX,
+                              qscheme=torch.per_channel_symmetric, ch_axis=0,
+                              observer_or_fake_quant_ctr=fake_quant(MovingAveragePerChannelMinMaxObserver))
+    return QuantizationConfig(act, act, weight, None, True)
 
 
 def _has_batchnorm(model) -> bool:
@@ -91,6 +138,8 @@ def export_graph(model, example_inputs):
     if x.shape[0] < 2:
         raise ConfigError("PT2E examples need a batch of at least 2 (a batch of 1 would be traced as fixed)")
     model = copy.deepcopy(model).eval()
+    fold_layer_scales(model)  # exact rewrites, see the module docstring
+    split_gates(model)
     dims = {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}
     with torch.no_grad():
         ep = torch.export.export(model, tuple(example_inputs), dynamic_shapes=({**dims},))
@@ -137,7 +186,9 @@ def layer_fake_quants(prepared, layer: str) -> list:
     """Weight and output fake-quant modules of one layer (for sensitivity toggling)."""
     mods = []
     for node in prepared.graph.nodes:
-        if node.op != "call_function" or _module_path(node) != layer:
+        path = _module_path(node)
+        # a layer cut in halves (split_gates) traces as "<layer>.a" / "<layer>.b"
+        if node.op != "call_function" or path is None or not (path == layer or path.startswith(layer + ".")):
             continue
         for arg in node.all_input_nodes:
             if arg.op == "call_module" and _feeds_from_get_attr(arg):
@@ -173,8 +224,20 @@ def _in_scope(node, scopes) -> bool:
 
 
 def _is_feature_map(node) -> bool:
+    """A 4-D output with a spatial extent: pooled (B, C, 1, 1) vectors do not count."""
     val = node.meta.get("val")
-    return getattr(val, "dim", lambda: 0)() == 4
+    return getattr(val, "dim", lambda: 0)() == 4 and tuple(val.shape[2:]) != (1, 1)
+
+
+def _is_broadcast_product(node) -> bool:
+    """A mul / add of a feature map by a per-channel (B, C, 1, 1) tensor (channel attention, FiLM)."""
+    import torch
+
+    if node.target not in (torch.ops.aten.mul.Tensor, torch.ops.aten.add.Tensor):
+        return False
+    shapes = [tuple(a.meta["val"].shape) for a in node.args[:2]
+              if hasattr(a, "meta") and getattr(a.meta.get("val"), "dim", lambda: 0)() == 4]
+    return len(shapes) == 2 and any(s[2:] == (1, 1) for s in shapes) and any(s[2:] != (1, 1) for s in shapes)
 
 
 def _weight_input(node):
@@ -214,7 +277,9 @@ class FloatScopeMarker(_base_quantizer()):
                 continue
             prompt = not _is_feature_map(node) or _in_scope(node, self.scopes)
             float_layer = _in_scope(node, self.float_layers)
-            if prompt or float_layer:
+            if not (prompt or float_layer) and _is_broadcast_product(node):
+                node.meta["quantization_annotation"] = QuantizationAnnotation(_annotated=True)
+            elif prompt or float_layer:
                 weight_only = prompt and not float_layer and self.prompt_weight_qspec is not None
                 weight = _weight_input(node) if weight_only else None
                 qspecs = {weight: self.prompt_weight_qspec} if weight is not None else {}
@@ -222,6 +287,32 @@ class FloatScopeMarker(_base_quantizer()):
                     input_qspec_map=qspecs, _annotated=True)
                 if not prompt:
                     self.float_nodes.add(node)
+        return model
+
+    def validate(self, model) -> None:
+        pass
+
+
+class SharedRangePass(_base_quantizer()):
+    """Pixel (un)shuffle only moves values: its output shares its input's scale and zero point, so the
+    runtime drops the dequantize / quantize around it and moves uint8 (DepthToSpace, SpaceToDepth)."""
+
+    def annotate(self, model):
+        import torch
+        from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
+
+        movers = (torch.ops.aten.pixel_shuffle.default, torch.ops.aten.pixel_unshuffle.default)
+        for node in model.graph.nodes:
+            if node.op != "call_function" or node.target not in movers:
+                continue
+            if "quantization_annotation" in node.meta:
+                continue
+            src = node.args[0]
+            if getattr(src, "target", None) != torch.ops.aten.conv2d.default or \
+                    "quantization_annotation" in src.meta:
+                continue  # only a conv that the XNNPACK pass will quantize (not a float layer)
+            node.meta["quantization_annotation"] = QuantizationAnnotation(
+                input_qspec_map={}, output_qspec=SharedQuantizationSpec(src), _annotated=True)
         return model
 
     def validate(self, model) -> None:

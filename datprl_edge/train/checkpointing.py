@@ -20,7 +20,8 @@ STATE_FILE = "state.pt"
 LOG_FILES = ("train.jsonl", "val.jsonl")
 # Settings that may change on resume without changing what the run computes.
 _FREE_ON_RESUME = {"ckpt_every", "val_every", "val_count", "val_size", "log_every", "progress", "device",
-                   "compile", "amp", "channels_last", "teacher_cache", "accum_steps"}
+                   "compile", "amp", "channels_last", "teacher_cache", "accum_steps", "workers",
+                   "time_budget"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +64,15 @@ def save_state(path: Path, rs: RunState, net, opt, sched, ema) -> None:
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     write_text_atomic(path.with_name("progress.json"), json.dumps({"step": rs.step, "stage": rs.stage}))
+
+
+def saved_config(path: Path) -> dict:
+    """The training config stored in a state file."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for damaged files
+        raise CheckpointError(f"cannot read training state {path}: {str(e).splitlines()[0][:160]}") from None
+    return json.loads(payload["config"])
 
 
 def load_state(path: Path, cfg, net, opt, sched, ema, device) -> int:

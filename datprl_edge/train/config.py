@@ -12,6 +12,7 @@ PROMPT_MODES = ("adaptive", "explicit")
 AMP_MODES = ("auto", "bf16", "off")
 DEVICES = ("auto", "cpu", "cuda")
 CACHE_MODES = ("auto", "on", "off")
+SEVERITY_MODES = ("fixed", "random")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,7 +22,12 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 8
     crop: int = 64
-    train_pairs: int = 2048  # size of the fixed pool of training crops the batches are drawn from
+    train_pairs: int = 2048  # size of the fixed pool of training crops; 0: a new pair for every crop
+    severity: str = "fixed"  # fixed: each task's default; random: uniform over Task.train_severity
+    task_weights: str = "uniform"  # uniform, adaptive (from the last validation) or "task=w,..."
+    workers: int = 0  # processes that make the batches ahead of the step (0: made in the step)
+    pair_reuse: int = 1  # on-the-fly pairs: each made pair fills this many batch slots (dihedral poses)
+    time_budget: float = 0.0  # seconds of training; > 0: the step count is fitted to it after warm-up
     lr: float = 4e-4
     min_lr: float = 1e-6
     warmup_steps: int = 0
@@ -48,7 +54,16 @@ class TrainConfig:
         _int(self, "steps", 1)
         _int(self, "batch_size", 1)
         _int(self, "crop", 8)
-        _int(self, "train_pairs", 1)
+        _int(self, "train_pairs", 0)
+        _int(self, "workers", 0)
+        _int(self, "pair_reuse", 1)
+        _nonneg(self, "time_budget")
+        _choice(self, "severity", SEVERITY_MODES)
+        if self.pair_reuse > 1 and self.train_pairs:
+            raise ConfigError("pair_reuse needs on-the-fly pairs (train_pairs 0)")
+        from .curriculum import parse_task_weights
+
+        parse_task_weights(self.task_weights)
         _int(self, "warmup_steps", 0)
         _int(self, "seed", 0)
         _int(self, "accum_steps", 1)
@@ -108,6 +123,10 @@ class DistillConfig(TrainConfig):
         if self.gt_weight == 0 and not self.uses_teacher:
             raise ConfigError("all loss weights are 0: set gt_weight or a distillation weight above 0")
         _choice(self, "teacher_cache", CACHE_MODES)
+
+        if self.teacher_cache == "on" and self.train_pairs == 0 and self.uses_teacher:
+            raise ConfigError("the teacher cache needs a fixed pool of pairs; use --pairs N or "
+                              "--teacher-cache off")
 
     @property
     def uses_teacher(self) -> bool:

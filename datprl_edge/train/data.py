@@ -1,9 +1,14 @@
-"""Training data for `train-teacher` and `distill`: a fixed, indexed pool of (lq, gt) crops.
+"""Training data for `train-teacher` and `distill`: indexed (lq, gt) crops.
 
 `--data synthetic[:TASKSET]` degrades the bundled training images with the task catalogue
 (`SyntheticDataset`); `--data PATH` reads a paired folder (`PairedFolderDataset`). Pair i is the
 same on every rank and every run with the same seed, which makes batches reproducible and the
-teacher outputs cacheable by index. Pairs are generated on first use and kept in memory.
+teacher outputs cacheable by index. Two kinds of source:
+
+- a fixed pool of N pairs (`--pairs N`): pair i belongs to task i mod T; made in the step, pairs
+  are kept in memory; made by worker processes (`--workers`), they are made again when drawn again;
+- on the fly (`--pairs 0`, synthetic only): a new pair for every crop of every step, made from
+  (seed, task, global crop index) by `make(tasks, items)`; no teacher cache.
 """
 
 from __future__ import annotations
@@ -23,11 +28,18 @@ CUSTOM_TASK = "custom/paired"
 class TrainData:
     """`num_items` pairs; `pair_fn(i)` -> (lq, gt) float32 (H, W, 3); `task_of_item[i]` indexes `tasks`."""
 
-    def __init__(self, tasks: list[str], task_of_item, pair_fn: Callable, description: str,
-                 val_fn: Callable | None = None, prompt_ids: dict | None = None):
+    def __init__(self, tasks: list[str], task_of_item, pair_fn: Callable | None, description: str,
+                 val_fn: Callable | None = None, prompt_ids: dict | None = None,
+                 make_fn: Callable | None = None):
+        """`task_of_item` None with `make_fn(task_index, i) -> (lq, gt)`: on-the-fly pairs."""
         self.tasks = list(tasks)
-        self.task_of_item = np.asarray(task_of_item, dtype=np.int64)
+        self.on_the_fly = task_of_item is None
+        if self.on_the_fly and make_fn is None:
+            raise ConfigError("on-the-fly training data needs a pair maker")
+        self.task_of_item = np.arange(len(self.tasks)) if self.on_the_fly else \
+            np.asarray(task_of_item, dtype=np.int64)
         self._pair_fn = pair_fn
+        self._make_fn = make_fn
         self._val_fn = val_fn
         self._desc = description
         self._memo: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -47,6 +59,9 @@ class TrainData:
         return cls(tasks, task_of_item, lambda i: (lq[i], gt[i]), description, val_fn if val else None)
 
     def __len__(self) -> int:
+        if self.on_the_fly:
+            raise ConfigError("on-the-fly training data has no fixed size (the teacher cache needs "
+                              "--pairs N)")
         return len(self.task_of_item)
 
     def describe(self) -> str:
@@ -60,6 +75,18 @@ class TrainData:
 
     def load(self, items) -> tuple[torch.Tensor, torch.Tensor]:
         pairs = [self._pair(int(i)) for i in items]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+    def make(self, tasks, items, memo: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (lq, gt) batch of pool items (tasks ignored) or on-the-fly (task, item) pairs.
+        `memo=False` (worker processes) makes pool pairs without keeping them."""
+        if not self.on_the_fly and memo:
+            return self.load(items)
+        if self.on_the_fly:
+            raw = [self._make_fn(int(t), int(i)) for t, i in zip(tasks, items)]
+        else:
+            raw = [self._pair_fn(int(i)) for i in items]
+        pairs = [(_to_chw(a), _to_chw(b)) for a, b in raw]
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
     def prompt_ids(self, task: str, n: int) -> torch.Tensor:
@@ -92,36 +119,55 @@ class TrainData:
         return self.prompt_ids if prompt_mode == "explicit" else None
 
 
-def build_train_data(spec: str, crop: int, num_pairs: int, seed: int = 0) -> TrainData:
-    """`synthetic`, `synthetic:TASKSET_OR_IDS` (e.g. `synthetic:natural5`), or a paired folder path."""
+def build_train_data(spec: str, crop: int, num_pairs: int, seed: int = 0,
+                     severity: str = "fixed") -> TrainData:
+    """`synthetic`, `synthetic:TASKSET_OR_IDS` (e.g. `synthetic:natural5`), or a paired folder path.
+
+    `num_pairs` 0: on-the-fly pairs (synthetic only); `severity` "random": each pair's severity is
+    drawn from its task's `train_severity` range (synthetic only).
+    """
     spec = str(spec)
     if spec == "synthetic" or spec.startswith("synthetic:"):
         names = spec.partition(":")[2] or DEFAULT_TASKSET
-        return _synthetic(names, crop, num_pairs, seed)
+        return _synthetic(names, crop, num_pairs, seed, severity)
     path = Path(spec)
     if not path.exists():
         raise InputNotFoundError(f"--data {spec}: no such folder (use synthetic[:TASKSET] or a paired "
                                  "folder)")
+    if num_pairs == 0 or severity != "fixed":
+        raise ConfigError("a paired folder has fixed pairs: --pairs 0 and --severity random need "
+                          "--data synthetic")
     return _paired_folder(path, crop, num_pairs, seed)
 
 
-def _synthetic(names: str, crop: int, num_pairs: int, seed: int) -> TrainData:
+def _synthetic(names: str, crop: int, num_pairs: int, seed: int, severity: str = "fixed") -> TrainData:
     from ..data.datasets import SyntheticDataset, validation_set
     from ..data.tasks import resolve_tasks
 
     tasks = [t.id for t in resolve_tasks(names)]
-    if num_pairs < len(tasks):
+    if 0 < num_pairs < len(tasks):
         raise ConfigError(f"train_pairs ({num_pairs}) must be at least the number of tasks ({len(tasks)})")
-    ds = SyntheticDataset(tasks=tasks, crop=crop, length=num_pairs, seed=seed)  # tasks cycle with the index
+    sev = "train" if severity == "random" else None
+    # tasks cycle with the index in the pool; on the fly the curriculum picks each crop's task
+    ds = SyntheticDataset(tasks=tasks, crop=crop, length=max(num_pairs, 1), seed=seed, severities=sev)
 
     def pair(i):
         item = ds[i]
         return item["lq"], item["gt"]
 
+    def make(task_index, i):
+        item = ds.make(task_index, i)
+        return item["lq"], item["gt"]
+
     def val(task, count, size):
         return validation_set(task, count=count, size=size, seed=seed).tensors()
 
-    desc = f"synthetic:{','.join(tasks)} crop={crop} pairs={num_pairs} seed={seed}"
+    pool = f"pairs={num_pairs}" if num_pairs else "pairs=on-the-fly"
+    desc = f"synthetic:{','.join(tasks)} crop={crop} {pool} seed={seed}"
+    if severity != "fixed":
+        desc += f" severity={severity}"
+    if not num_pairs:
+        return TrainData(tasks, None, None, desc, val, make_fn=make)
     return TrainData(tasks, np.arange(num_pairs) % len(tasks), pair, desc, val)
 
 
