@@ -19,6 +19,7 @@ and a `limits` text built from them (top op types), the counted MACs (speedup_25
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -40,8 +41,9 @@ from datprl_edge.io.atomic import write_text_atomic  # noqa: E402
 
 SUITES = ("speedup_256", "int8_vs_fp32", "ct_512", "frame_4k")
 SETTINGS = {"seconds": 10.0, "full_iters": 3, "frame_iters": 3, "frame_tiles": (256, 512, (1088, 1296)),
-            "rounds": 3}
-QUICK = {"seconds": 1.0, "full_iters": 1, "frame_iters": 1, "frame_tiles": (512,), "rounds": 1}
+            "rounds": 6, "round_seconds": 4.0}
+QUICK = {"seconds": 1.0, "full_iters": 1, "frame_iters": 1, "frame_tiles": (512,), "rounds": 1,
+         "round_seconds": 1.0}
 
 
 def bench(paths, config: BenchConfig, label: str) -> dict:
@@ -100,21 +102,28 @@ def suite_speedup(arts, threads) -> dict:
 
 
 def suite_int8(arts, threads) -> dict:
-    """FP32 and INT8 of each runtime, benched in SETTINGS["rounds"] alternating rounds (this shared
-    machine's speed drifts over minutes): each round gives a ratio, the figure is their median."""
+    """FP32 and INT8 of each runtime, benched in SETTINGS["rounds"] short rounds (this shared machine's
+    speed drifts by 2x over minutes): each round gives a ratio, the figure is their median, and every
+    round is kept in the JSON."""
     import statistics
 
     p = {k: Path(v) for k, v in arts["student"]["paths"].items()}
     reports, per_round = [], []
+    order = [p["onnx_fp32"], p["onnx_int8"], p["openvino_fp32"], p["openvino_int8"]]
     for i in range(SETTINGS["rounds"]):
-        report = bench([p["onnx_fp32"], p["onnx_int8"], p["openvino_fp32"], p["openvino_int8"]],
-                       timed((256, 256), threads, warmup=5), f"int8 vs fp32, round {i + 1}")
+        config = timed((256, 256), threads, warmup=5)
+        config = dataclasses.replace(config, seconds=SETTINGS["round_seconds"])
+        # odd rounds run INT8 first, so a drift within a round does not always favour one precision
+        paths = order if i % 2 == 0 else [order[1], order[0], order[3], order[2]]
+        report = bench(paths, config, f"int8 vs fp32, round {i + 1}")
         r = by_artifact(report)
         reports.append(report)
         per_round.append({k: r[v.name]["latency_ms"]["mean"] for k, v in p.items()})
     mean = {k: statistics.median(m[k] for m in per_round) for k in p}
     ratios = {rt: statistics.median(m[f"{rt}_fp32"] / m[f"{rt}_int8"] for m in per_round)
               for rt in ("onnx", "openvino")}
+    for m in per_round:
+        m.update({f"{rt}_ratio": m[f"{rt}_fp32"] / m[f"{rt}_int8"] for rt in ("onnx", "openvino")})
     return {
         "figures": {f"{rt}_int8_speedup_mean": round(v, 3) for rt, v in ratios.items()}
         | {f"{k}_mean_ms_median_of_rounds": round(v, 3) for k, v in mean.items()}
@@ -197,8 +206,12 @@ def add_limits(doc: dict, results_dir: Path) -> dict:
     if not missed:
         return doc
     profiles = " ".join(profile_text(p) for p in doc.get("profiles", []))
+    ort_profiles = " ".join(ort_profile_text(p) for p in doc.get("onnxruntime_profiles", []))
     suite = doc["suite"]
     for t in missed:
+        if "onnxruntime" in t["name"]:
+            t["limits"] = ort_profiles or "no onnxruntime profile was recorded"
+            continue
         if suite == "speedup_256":
             text = speedup_limits(doc, t, results_dir)
         elif suite == "frame_4k":
@@ -217,6 +230,16 @@ def profile_text(p: dict, top: int = 3) -> str:
     if "int8_kernel_time_share" in p:
         text += f"; INT8 kernels run {p['int8_kernel_time_share']:.0%} of it"
     return text + "."
+
+
+def ort_profile_text(p: dict, top: int = 4) -> str:
+    ops = ", ".join(f"{r['name']} {r['share']:.0%}" for r in p.get("by_op_type", [])[:top])
+    nodes = ", ".join(f"{r['name']} {r['ms']:.2f} ms" for r in p.get("slowest_nodes", [])[:2])
+    graph = p.get("optimized_graph_ops") or {}
+    convs = (f"; the optimized graph runs {graph.get('QLinearConv', 0)} QLinearConv and "
+             f"{graph.get('Conv', 0) + graph.get('FusedConv', 0)} float convs") if graph else ""
+    return (f"onnxruntime profile of {p.get('artifact')}: {ops} of the {p.get('sum_of_nodes_ms', 0):.1f} ms "
+            f"sum of node times; slowest nodes {nodes}{convs}.")
 
 
 def ok_rows(doc: dict) -> list:

@@ -16,10 +16,8 @@ from collections.abc import Callable
 import numpy as np
 
 from .errors import (
-    ChannelCountError,
     ConfigError,
     MissingBackendError,
-    NonFiniteInputError,
     UnknownChoiceError,
 )
 
@@ -37,14 +35,9 @@ class Method:
 
 
 def _check(image) -> np.ndarray:
-    arr = np.asarray(image)
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ChannelCountError(f"baselines take (H, W, 3) images, got shape {arr.shape}")
-    if arr.shape[0] < 8 or arr.shape[1] < 8:
-        raise ChannelCountError(f"image {arr.shape[1]}x{arr.shape[0]} is too small (min 8x8)")
-    if not np.all(np.isfinite(arr)):
-        raise NonFiniteInputError("image holds NaN or infinite values")
-    return np.clip(arr.astype(np.float64), 0.0, 1.0)
+    from .data.degrade._common import check_image
+
+    return check_image(image)
 
 
 def _out(img: np.ndarray) -> np.ndarray:

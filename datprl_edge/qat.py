@@ -142,7 +142,7 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
 
     def build(floats):
         prepared = qm.prepare(base, example, floats, calib=batches)
-        calibrate(prepared, batches)
+        calibrate(prepared, batches, ranges=qm.SCHEME.get("calibration", "mean"))
         if config.steps:
             # The routing modules (float activations in every scheme) stay as trained, so the INT8 model
             # picks the prompts the FP32 model picks: Adam moves every trained weight by about lr

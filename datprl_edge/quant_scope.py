@@ -111,27 +111,49 @@ def frozen_observers(prepared):
             m.observer_enabled[0] = b
 
 
-def calibrate(prepared, batches) -> int:
+CALIBRATION_RANGES = ("mean", "extremes")
+
+
+def calibrate(prepared, batches, ranges: str = "mean") -> int:
     """Set activation ranges from `batches` (tensors) with fake quant on; returns the batch count.
 
-    The moving-average observers would otherwise keep mostly the first batch's range, so the
-    averaging constant is set to 1/(k+1) for batch k (an exact mean of per-batch min/max) and
-    restored afterwards for training.
+    `ranges` "mean": each range is the mean of the per-batch min/max (the moving-average observers
+    would otherwise keep mostly the first batch's range, so the averaging constant is set to
+    1/(k+1) for batch k and restored afterwards for training). "extremes": the lowest min and
+    highest max over all batches, so no calibration activation is clipped (a scheme whose integer
+    runtime saturates its residual sums prefers this; see the target's SCHEME["calibration"]).
     """
     import torch
 
-    observers = [m.activation_post_process for m in fake_quant_modules(prepared)
-                 if hasattr(getattr(m, "activation_post_process", None), "averaging_constant")]
+    if ranges not in CALIBRATION_RANGES:
+        raise ConfigError(f"calibration ranges must be one of {CALIBRATION_RANGES}, got {ranges!r}")
+    mods = [m for m in fake_quant_modules(prepared)
+            if hasattr(getattr(m, "activation_post_process", None), "averaging_constant")]
+    observers = [m.activation_post_process for m in mods]
     saved = [o.averaging_constant for o in observers]
+    lows: list = [None] * len(observers)
+    highs: list = [None] * len(observers)
     set_observers(prepared, True)
     count = 0
     try:
         with torch.no_grad():
             for k, x in enumerate(batches):
                 for o in observers:
-                    o.averaging_constant = 1.0 / (k + 1)
+                    o.averaging_constant = 1.0 if ranges == "extremes" else 1.0 / (k + 1)
                 prepared(x)
                 count += 1
+                if ranges == "extremes":
+                    for i, o in enumerate(observers):
+                        lo, hi = o.min_val.clone(), o.max_val.clone()
+                        lows[i] = lo if lows[i] is None else torch.minimum(lows[i], lo)
+                        highs[i] = hi if highs[i] is None else torch.maximum(highs[i], hi)
+        if ranges == "extremes" and count:
+            for m, o, lo, hi in zip(mods, observers, lows, highs):
+                o.min_val.copy_(lo)
+                o.max_val.copy_(hi)
+                scale, zero_point = o.calculate_qparams()
+                m.scale.resize_(scale.shape).copy_(scale)
+                m.zero_point.resize_(zero_point.shape).copy_(zero_point)
     finally:
         for o, c in zip(observers, saved):
             o.averaging_constant = c

@@ -25,7 +25,7 @@ def rank_layers(base, example, batches, val, fp32, float_layers, multiple):
     from .targets import onnx_quant
 
     proxy = onnx_quant.prepare(base, example, float_layers)
-    calibrate(proxy, batches)
+    calibrate(proxy, batches, ranges=onnx_quant.SCHEME["calibration"])
     full = drops(fp32, evaluate(proxy, val, multiple))["worst"]
     ranking = []
     with frozen_observers(proxy):

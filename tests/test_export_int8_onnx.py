@@ -150,8 +150,10 @@ def _pixel_and_routing_convs(model):
     split_gates(m)
     routing = tuple(prompt_path_modules(m))
     convs = [n for n, mod in m.named_modules() if isinstance(mod, nn.Conv2d)]
-    # query mappers read feature maps but feed the top-k routing; `sca` convs see pooled (B, C, 1, 1) vectors
-    floats = [n for n in convs if n.startswith(routing) or n.endswith(".sca")]
+    # query mappers read feature maps but feed the top-k routing; `sca` convs see pooled (B, C, 1, 1)
+    # vectors; `ending` (3 outputs: the residual image) is float by the scheme's narrow-conv rule
+    narrow = {n for n, mod in m.named_modules() if isinstance(mod, nn.Conv2d) and mod.out_channels < 8}
+    floats = [n for n in convs if n.startswith(routing) or n.endswith(".sca") or n in narrow]
     return len(convs) - len(floats), len(floats)
 
 

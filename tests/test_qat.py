@@ -182,7 +182,7 @@ def test_load_qat_refuses_another_scheme_version(onnx_ptq, tmp_path, monkeypatch
 
     path = save_qat(onnx_ptq, tmp_path / "q.safetensors")
     monkeypatch.setitem(onnx_quant.SCHEME, "version", onnx_quant.SCHEME["version"] + 1)
-    with pytest.raises(CheckpointError, match="scheme version 2; this toolkit uses version 3"):
+    with pytest.raises(CheckpointError, match="scheme version 3; this toolkit uses version 4"):
         load_qat(path)
 
 
@@ -219,3 +219,28 @@ def test_onnx_scheme_exports_qdq_with_int8_weights(onnx_ptq, tmp_path):
 
     with torch.no_grad():
         assert psnr_db(conv(x1).numpy(), got) >= MIN_PSNR_DB["int8"]  # the export rule, on every CPU
+
+
+def test_calibration_ranges_mean_or_extremes():
+    """"extremes" (the ONNX scheme's choice) keeps every calibration activation inside the range;
+    "mean" averages the per-batch ranges."""
+    from torch import nn
+
+    from datprl_edge.quant_scope import calibrate
+    from datprl_edge.targets import onnx_quant
+
+    assert onnx_quant.SCHEME["calibration"] == "extremes"
+    dim, bright = torch.full((2, 3, 16, 16), 0.25), torch.full((2, 3, 16, 16), 0.25)
+    bright[0, 0, 0, 0] = 1.0
+    highs = {}
+    for ranges in ("mean", "extremes"):
+        torch.manual_seed(0)
+        prepared = onnx_quant.prepare(nn.Sequential(nn.Conv2d(3, 8, 1)), (torch.rand(2, 3, 16, 16),))
+        calibrate(prepared, [dim, bright], ranges=ranges)
+        placeholder = next(n for n in prepared.graph.nodes if n.op == "placeholder")
+        quantizer = next(prepared.get_submodule(u.target) for u in placeholder.users
+                         if u.op == "call_module" and "activation_post_process" in u.target)  # the input's
+        highs[ranges] = float(quantizer.activation_post_process.max_val)
+    assert highs["extremes"] == pytest.approx(1.0) and highs["mean"] == pytest.approx(0.625)
+    with pytest.raises(ConfigError, match="calibration ranges"):
+        calibrate(prepared, [dim], ranges="median")

@@ -30,7 +30,8 @@ def attenuation_sinogram(y: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, 
     return unit * scale, scale
 
 
-def low_dose_ct(image, severity: float = 0.5, seed=None) -> np.ndarray:
+def low_dose_ct(image, severity: float = 0.5, seed=None,
+                electronic_sigma: float = ELECTRONIC_SIGMA) -> np.ndarray:
     """Simulate a reduced-dose scan of a CT slice and return its reconstruction.
 
     Recipe (Zeng et al., "A simple low-dose x-ray CT simulation from high-dose scan", IEEE TNS
@@ -55,7 +56,7 @@ def low_dose_ct(image, severity: float = 0.5, seed=None) -> np.ndarray:
     # I0 is set for a 256-pixel image; scaling it with the area keeps the noise per pixel independent
     # of the crop size (the attenuation scale, and so the FBP noise gain, follows the image size).
     i0 = incident_photons(severity) * (side / 256.0) ** 2
-    counts = rng.poisson(i0 * np.exp(-clean)) + rng.normal(0.0, ELECTRONIC_SIGMA, clean.shape)
+    counts = rng.poisson(i0 * np.exp(-clean)) + rng.normal(0.0, electronic_sigma, clean.shape)
     noisy = -np.log(np.maximum(counts, 1.0) / i0)
     delta = iradon(noisy - clean, theta, output_size=side, circle=False, filter_name="ramp")
     return gray3(y + delta[:h, :w] / scale)

@@ -11,7 +11,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from . import ct as _ct
-from ._common import as_rng, check_image, finish, gray3, luminance
+from ._common import as_rng, check_image, finish, gray3
 from .mri import kspace_truncation
 from .resample import bicubic_resize, scale_factor
 
@@ -40,18 +40,4 @@ def noisy_kspace_truncation(image, severity: float = 0.5, seed=None) -> np.ndarr
 
 def noisy_detector_ct(image, severity: float = 0.5, seed=None) -> np.ndarray:
     """`low_dose_ct` (same sinogram, dose and FBP) with 2x the electronic read-out noise."""
-    from skimage.transform import iradon
-
-    y = luminance(check_image(image))
-    rng = as_rng(seed)
-    h, w = y.shape
-    side = max(h, w)
-    square = np.zeros((side, side))
-    square[:h, :w] = y
-    theta = np.linspace(0.0, 180.0, _ct.N_ANGLES, endpoint=False)
-    clean, scale = _ct.attenuation_sinogram(square, theta)
-    i0 = _ct.incident_photons(severity) * (side / 256.0) ** 2
-    counts = rng.poisson(i0 * np.exp(-clean)) + rng.normal(0.0, CT_ELECTRONIC_SIGMA, clean.shape)
-    noisy = -np.log(np.maximum(counts, 1.0) / i0)
-    delta = iradon(noisy - clean, theta, output_size=side, circle=False, filter_name="ramp")
-    return gray3(y + delta[:h, :w] / scale)
+    return _ct.low_dose_ct(image, severity, seed, electronic_sigma=CT_ELECTRONIC_SIGMA)
