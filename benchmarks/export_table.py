@@ -56,6 +56,7 @@ def main(argv=None) -> int:
                      else None,
                      "parity_psnr_db": v.get("psnr_db"), "max_abs_diff": v.get("max_abs_diff"),
                      "exact_int8_psnr_db": v.get("exact_int8_psnr_db"),
+                     "exact_int8_max_abs_diff": v.get("exact_int8_max_abs_diff"),
                      "reference": v.get("reference"), "numerics_checked": r["numerics_checked"],
                      "threshold_db": v.get("threshold_db"), "note": v.get("note", ""),
                      "weights": r["notes"].get("int8_source", "bundled:edge-xs"),

@@ -33,12 +33,7 @@ class OnnxSession(ArtifactSession):
             options.intra_op_num_threads = threads
         if exact_int8:
             options.add_session_config_entry(self.EXACT_INT8_OPTION, "1")
-        try:
-            self._sess = ort.InferenceSession(str(self.path), options,
-                                              providers=providers or ["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            raise ArtifactError(f"onnxruntime cannot load {self.path.name}: {first}") from None
+        self._sess = _load(ort, self.path, options, providers)
         self.metadata = strip_prefix(self._sess.get_modelmeta().custom_metadata_map.items())
         inp = self._sess.get_inputs()[0]
         self._input = inp.name
@@ -54,6 +49,14 @@ class OnnxSession(ArtifactSession):
         if self.exact_int8:
             return None
         return OnnxSession(self.path, providers=self._providers, threads=self._threads, exact_int8=True)
+
+
+def _load(ort, path: Path, options, providers=None):
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
+        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ArtifactError(f"onnxruntime cannot load {path.name}: {first}") from None
 
 
 INTEGER_CONVS = ("QLinearConv", "ConvInteger")
@@ -72,11 +75,7 @@ def runtime_kernels(path, threads: int = 1) -> dict:
         options.log_severity_level = 3
         options.intra_op_num_threads = threads
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        try:
-            ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            raise ArtifactError(f"onnxruntime cannot load {Path(path).name}: {first}") from None
+        _load(ort, Path(path), options)
         graph = onnx.load(options.optimized_model_filepath).graph
     ops = collections.Counter(n.op_type for n in graph.node)
     return {"ops": dict(sorted(ops.items())),

@@ -30,7 +30,7 @@ def export(job, dest: Path) -> dict:
 
         kernels = runtime_kernels(dest)
         notes = {**notes, "onnxruntime_convs": f"{kernels['integer_convs']} integer (QLinearConv), "
-                                                f"{kernels['float_convs']} float (prompt path)"}
+                                                f"{kernels['float_convs']} float"}
     return notes
 
 
