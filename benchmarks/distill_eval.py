@@ -41,6 +41,7 @@ def run(teacher: str, student: str, baseline: str, tasks: str, count: int, size:
         threads: int | None, variants: dict | None = None) -> dict:
     import torch
 
+    from datprl_edge.bench_env import isa_block
     from datprl_edge.data.datasets import validation_set
     from datprl_edge.data.tasks import resolve_tasks
     from datprl_edge.models.loading import load_model
@@ -58,8 +59,6 @@ def run(teacher: str, student: str, baseline: str, tasks: str, count: int, size:
         results[role] = evaluate(model, val)
         meta[role] = {**_describe(spec, model), "eval_seconds": round(time.perf_counter() - t0, 2)}
     mean = {r: results[r]["mean"] for r in results}
-    from datprl_edge.bench_env import isa_block
-
     extra = {label: {"model": meta.pop(label), "mean": {k: mean[label][k] for k in ("psnr", "ssim")},
                      "per_task": {t: {k: results[label]["tasks"][t][k] for k in ("psnr", "ssim")}
                                   for t in task_ids},

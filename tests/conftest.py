@@ -37,3 +37,31 @@ def run_cli(capsys, *argv):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def tiny_teacher():
+    """A seeded restormer-ref at width 8: a teacher that trains in seconds."""
+    import torch
+
+    from datprl_edge.models.registry import create_model
+
+    torch.manual_seed(1)
+    return create_model("restormer-ref", dim=8, enc_blk_nums=[1, 1, 1], middle_blk_num=1,
+                        dec_blk_nums=[1, 1, 1], refine_blk_num=0, domain_prompt_dim=16,
+                        degradation_prompt_dim=16)
+
+
+def flat(model):
+    """Every tensor of a model's state dict, concatenated (to compare weights)."""
+    import torch
+
+    return torch.cat([p.detach().flatten() for p in model.state_dict().values()])
+
+
+def stop_at(step: int):
+    """A training step callback that interrupts the run at `step`, as Ctrl-C would."""
+    def stop(current):
+        if current == step:
+            raise KeyboardInterrupt
+
+    return stop

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import flat, stop_at, tiny_teacher
 
 from datprl_edge.distill import distill
 from datprl_edge.errors import CheckpointError, ConfigError, OutputExistsError
@@ -24,13 +25,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CROP = 32
 
 
-def tiny_teacher():
-    torch.manual_seed(1)
-    return create_model("restormer-ref", dim=8, enc_blk_nums=[1, 1, 1], middle_blk_num=1,
-                        dec_blk_nums=[1, 1, 1], refine_blk_num=0, domain_prompt_dim=16,
-                        degradation_prompt_dim=16)
-
-
 def make_data(n=16):
     rng = np.random.default_rng(0)
     gt = rng.random((n + 4, CROP, CROP, 3)).astype(np.float32)
@@ -46,10 +40,6 @@ def cfg(**kw):
     base = dict(steps=4, batch_size=4, crop=CROP, train_pairs=16, val_every=0, ckpt_every=2, val_count=2,
                 val_size=CROP, progress=False, ema_decay=0.9, lr=1e-3, log_every=1)
     return DistillConfig(**{**base, **kw})
-
-
-def flat(model):
-    return torch.cat([p.detach().flatten() for p in model.state_dict().values()])
 
 
 def test_distill_few_steps_trains_a_new_student_and_saves_it(tmp_path):
@@ -121,12 +111,8 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     teacher, data, c, student = tiny_teacher(), make_data(), cfg(steps=6), create_model("edge-xs")
     full = distill(teacher, student, c, data, tmp_path / "full")
 
-    def stop(step):
-        if step == 3:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        distill(teacher, student, c, data, tmp_path / "cut", step_callback=stop)
+        distill(teacher, student, c, data, tmp_path / "cut", step_callback=stop_at(3))
     assert '"step": 2' in (tmp_path / "cut/progress.json").read_text()
     with pytest.raises(OutputExistsError, match="--resume"):
         distill(teacher, student, c, data, tmp_path / "cut")

@@ -6,7 +6,8 @@ import socket
 
 import torch
 import torch.multiprocessing as mp
-from test_distill import cfg, make_data, tiny_teacher
+from conftest import tiny_teacher
+from test_distill import cfg, make_data
 
 from datprl_edge.distill import distill
 from datprl_edge.models.registry import create_model

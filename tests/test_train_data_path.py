@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import flat, stop_at, tiny_teacher
 
 from datprl_edge.data.datasets import SyntheticDataset, train_severity
 from datprl_edge.distill import distill
@@ -24,22 +25,11 @@ TASKS = "synthetic:natural/denoise,natural/sr_x4"
 CROP = 24
 
 
-def tiny_teacher():
-    torch.manual_seed(1)
-    return create_model("restormer-ref", dim=8, enc_blk_nums=[1, 1, 1], middle_blk_num=1,
-                        dec_blk_nums=[1, 1, 1], refine_blk_num=0, domain_prompt_dim=16,
-                        degradation_prompt_dim=16)
-
-
 def cfg(**kw):
     base = dict(steps=4, batch_size=4, crop=CROP, train_pairs=0, severity="random", val_every=0, ckpt_every=2,
                 val_count=1, val_size=CROP, progress=False, ema_decay=0.9, lr=1e-3, log_every=1,
                 teacher_cache="off")
     return DistillConfig(**{**base, **kw})
-
-
-def flat(model):
-    return torch.cat([p.detach().flatten() for p in model.state_dict().values()])
 
 
 def test_random_severity_stays_in_the_task_training_range():
@@ -93,12 +83,8 @@ def test_on_the_fly_distillation_with_workers_resumes_to_the_same_weights(tmp_pa
     c = cfg(steps=6, workers=1, task_weights="adaptive", val_every=2)
     full = distill(teacher, student, c, TASKS, tmp_path / "full")
 
-    def stop(step):
-        if step == 5:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        distill(teacher, student, c, TASKS, tmp_path / "cut", step_callback=stop)
+        distill(teacher, student, c, TASKS, tmp_path / "cut", step_callback=stop_at(5))
     assert '"step": 4' in (tmp_path / "cut/progress.json").read_text()
     resumed = distill(teacher, create_model("edge-xs"), c, TASKS, tmp_path / "cut", resume=True)
     assert torch.allclose(flat(resumed.raw_model), flat(full.raw_model), atol=1e-5)
@@ -146,12 +132,8 @@ def test_resumed_budgeted_run_finishes_its_fitted_steps(tmp_path, monkeypatch):
     c = cfg(steps=10_000, time_budget=3.0, ckpt_every=1, output_weight=0.0, feature_weight=0.0,
             routing_weight=0.0)
 
-    def stop(step):
-        if step == 3:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        distill(None, create_model("edge-xs"), c, TASKS, tmp_path / "r", step_callback=stop)
+        distill(None, create_model("edge-xs"), c, TASKS, tmp_path / "r", step_callback=stop_at(3))
     from datprl_edge.train.checkpointing import saved_config
 
     fitted = saved_config(tmp_path / "r/state.pt")["steps"]
