@@ -19,6 +19,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check datprl_edge tests benchmarks
+	$(VENV)/bin/lint-imports
 
 test: lint
 	$(PY) -m pytest

@@ -1,10 +1,10 @@
 """Build (or reuse) the artifacts the headline suites time, and say where each came from.
 
 - Student FP32 (ONNX, OpenVINO) and INT8 (ONNX QDQ, OpenVINO): the export stage
-  (`datprl_edge.export.export_model`), verified against torch before they are kept. The student is
+  (`datprl_edge.export.driver.export_model`), verified against torch before they are kept. The student is
   `bundled:edge-xs` when the toolkit ships it, else a randomly initialised edge-xs (same graph, same
   cost). INT8 comes from the shipped QAT weights `weights/edge-xs-int8-<target>.safetensors` when
-  present, else post-training quantization (0 QAT steps) on bundled sample crops.
+  present, else post-training quantization (0 QAT steps) on calibration pairs of the `all` recipe.
 - The released 6T full model (restormer-6t, 53.1 M parameters) in OpenVINO FP32: random weights
   (timing only), `openvino.convert_model(module, example_input=...)` at 1x3x256x256.
 """
@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "datprl_edge" / "weights"
+PTQ_RECIPE, PTQ_PAIRS, PTQ_CROP = "all", 1, 128  # INT8 without shipped weights: one pair per task
 
 
 def student_description() -> str:
@@ -25,7 +26,7 @@ def student_description() -> str:
 
 
 def student_sha256() -> str | None:
-    from datprl_edge.checkpoint import sha256_file
+    from datprl_edge.io.checkpoint import sha256_file
 
     path = WEIGHTS / "edge-xs.safetensors"
     return sha256_file(path) if path.exists() else None
@@ -35,11 +36,11 @@ def student():
     """(float module, description)."""
     import torch
 
-    from datprl_edge.models.loading import load_model
     from datprl_edge.models.registry import create_model
+    from datprl_edge.sources import resolve_model
 
     if (WEIGHTS / "edge-xs.safetensors").exists():
-        return load_model("bundled:edge-xs"), student_description()
+        return resolve_model("bundled:edge-xs"), student_description()
     torch.manual_seed(0)
     return create_model("edge-xs"), student_description()
 
@@ -47,36 +48,24 @@ def student():
 def int8_description(target: str) -> str:
     shipped = WEIGHTS / f"edge-xs-int8-{target}.safetensors"
     if shipped.exists():
-        from datprl_edge.checkpoint import sha256_file
+        from datprl_edge.io.checkpoint import sha256_file
 
         return f"shipped QAT weights {shipped.name} (sha256 {sha256_file(shipped)[:12]})"
-    return ("post-training quantization (0 QAT steps, 8 bundled sample crops) "
-            f"with the {target} quantizer settings of datprl_edge.qat")
-
-
-def calibration_images(count: int = 8, size: int = 128):
-    """(1, 3, size, size) crops of the bundled 'train' samples, float32 in [0, 1]."""
-    import numpy as np
-
-    from datprl_edge.data.samples import list_samples, load_sample
-
-    out = []
-    for s in list_samples(split="train")[:: max(1, len(list_samples(split="train")) // count)][:count]:
-        img = load_sample(s)
-        top, left = (img.shape[0] - size) // 2, (img.shape[1] - size) // 2
-        crop = img[max(top, 0):max(top, 0) + size, max(left, 0):max(left, 0) + size]
-        out.append(np.ascontiguousarray(crop.transpose(2, 0, 1)[None], dtype=np.float32))
-    return out
+    return (f"post-training quantization (0 QAT steps, calibration recipe {PTQ_RECIPE!r}, "
+            f"{PTQ_PAIRS} pair per task at {PTQ_CROP}x{PTQ_CROP}) "
+            f"with the {target} quantizer settings of datprl_edge.quantize.qat")
 
 
 def quantized(model, target: str):
     """(QAT result, description) for an INT8 artifact of `target` (onnx or openvino)."""
-    from datprl_edge.qat import QATConfig, load_qat, run_qat
+    from datprl_edge.quantize.qat import QATConfig, load_qat, run_qat
 
     shipped = WEIGHTS / f"edge-xs-int8-{target}.safetensors"
     if shipped.exists():
         return load_qat(shipped), int8_description(target)
-    calib = [x[0] for x in calibration_images()]
+    from datprl_edge.data.calib import calibration_images
+
+    calib = calibration_images(PTQ_RECIPE, count=PTQ_PAIRS, crop=PTQ_CROP).pairs()
     config = QATConfig(target=target, steps=0, calib_batches=2, batch_size=4, val_images=0, crop=64)
     return run_qat(model, config, calib), int8_description(target)
 
@@ -85,12 +74,13 @@ def build_student(out: Path, log=print) -> dict:
     """Export the student FP32 + INT8 to ONNX and OpenVINO in `out`. Artifacts already there are
     reused while their source (recorded in sources.json) is still the one that would be chosen now:
     shipping bundled or QAT weights later makes the next run rebuild them."""
-    from datprl_edge.export import ExportConfig, export_model
+    from datprl_edge.core.targets import resolve_target
+    from datprl_edge.export.driver import ExportConfig, export_model
 
     out.mkdir(parents=True, exist_ok=True)
     sources_file = out / "sources.json"
     old = json.loads(sources_file.read_text()) if sources_file.exists() else {}
-    paths = {f"{t}_{p}": out / f"edge-xs_{t}_{p}{'.onnx' if t == 'onnx' else '.xml'}"
+    paths = {f"{t}_{p}": out / f"edge-xs_{t}_{p}{resolve_target(t).suffix}"
              for t in ("onnx", "openvino") for p in ("fp32", "int8")}
     wanted = {"fp32": student_description()}
     for t in ("onnx", "openvino"):

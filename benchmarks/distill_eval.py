@@ -6,9 +6,9 @@ student trained for the same steps on the same data without distillation.
         [--variant LABEL=CKPT ...] [-o benchmarks/results/distill_eval.json]
 
 Validation pairs: `validation_set(task, count, size, seed)` from the bundled 'val' images (never
-used for training). Metrics: skimage PSNR/SSIM (data range 1) per image, averaged per task; the
-summary averages the per-task means. `--variant` adds other KD students (tried settings) to the JSON
-under "variants". Prints a table and writes JSON.
+used for training). Metrics: `train.evaluate` (`core.metrics`, the convention `datprl-edge eval` uses)
+per image, averaged per task; the summary averages the per-task means. `--variant` adds other KD
+students (tried settings) to the JSON under "variants". Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ DEFAULT_OUT = ROOT / "benchmarks" / "results" / "distill_eval.json"
 
 
 def _describe(spec, model) -> dict:
-    from datprl_edge.checkpoint import sha256_file
+    from datprl_edge.io.checkpoint import sha256_file
     from datprl_edge.models.loading import BUNDLED_PREFIX, bundled_path
 
     path = bundled_path(spec[len(BUNDLED_PREFIX):]) if spec.startswith(BUNDLED_PREFIX) else Path(spec)
@@ -41,10 +41,11 @@ def run(teacher: str, student: str, baseline: str, tasks: str, count: int, size:
         threads: int | None, variants: dict | None = None) -> dict:
     import torch
 
-    from datprl_edge.bench_env import isa_block
+    from datprl_edge.core.host import isa_block
+    from datprl_edge.core.metrics import METRIC_CONVENTION
     from datprl_edge.data.datasets import validation_set
     from datprl_edge.data.tasks import resolve_tasks
-    from datprl_edge.models.loading import load_model
+    from datprl_edge.sources import resolve_model
     from datprl_edge.train.evaluate import evaluate
 
     if threads:
@@ -54,7 +55,7 @@ def run(teacher: str, student: str, baseline: str, tasks: str, count: int, size:
     models = {"teacher": teacher, "kd_student": student, "nokd_student": baseline, **(variants or {})}
     results, meta = {}, {}
     for role, spec in models.items():
-        model = load_model(spec)
+        model = resolve_model(spec)
         t0 = time.perf_counter()
         results[role] = evaluate(model, val)
         meta[role] = {**_describe(spec, model), "eval_seconds": round(time.perf_counter() - t0, 2)}
@@ -69,6 +70,7 @@ def run(teacher: str, student: str, baseline: str, tasks: str, count: int, size:
     return {
         "validation": {"tasks": task_ids, "count_per_task": count, "size": size, "seed": seed,
                        "source": "datprl_edge.data.datasets.validation_set (bundled 'val' images)"},
+        "metrics": METRIC_CONVENTION,
         "models": meta,
         "per_task": {t: {"input": {"psnr": results["teacher"]["tasks"][t]["psnr_input"],
                                    "ssim": results["teacher"]["tasks"][t]["ssim_input"]},

@@ -2,17 +2,16 @@
 
     .venv/bin/python benchmarks/export_table.py [--out DIR] [-o benchmarks/results/export_table.json]
 
-Runs `datprl-edge export --target all --precision all` with no MODEL (so the float artifacts come
-from bundled:edge-xs and each INT8 artifact from that target's shipped QAT weights, when
-installed) and tabulates size, parity PSNR and max abs diff from the reports the export writes.
-Core ML off macOS is verified structurally only (the table says so).
+Exports what `datprl-edge export --target all --precision all` exports with no MODEL
+(`datprl_edge.sources.export_sources`: the float artifacts from bundled:edge-xs and each INT8 artifact
+from that target's shipped QAT weights, when installed) and tabulates size, parity PSNR and max abs
+diff from the reports the export writes. Core ML off macOS is verified structurally only (the table says so).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import platform
 import sys
@@ -26,8 +25,10 @@ OUT = ROOT / "benchmarks" / "results" / "export_table.json"
 
 
 def main(argv=None) -> int:
-    from datprl_edge.cli.main import main as cli
+    from datprl_edge.export.config import ExportConfig
+    from datprl_edge.export.driver import export_model
     from datprl_edge.io.atomic import write_text_atomic
+    from datprl_edge.sources import export_sources
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", help="artifact folder (default: a temporary one)")
@@ -36,13 +37,9 @@ def main(argv=None) -> int:
     with contextlib.ExitStack() as stack:
         out = Path(args.out) if args.out else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         cmd = ["export", "--target", "all", "--precision", "all", "-o", str(out / "artifacts")]
-        buf = io.StringIO()
         t0 = time.time()
-        with contextlib.redirect_stdout(buf):
-            code = cli(cmd)
-        if code:
-            print(buf.getvalue())
-            return code
+        for config, model, _ in export_sources(None, ExportConfig(targets="all", precision="all")):
+            export_model(model, config, out / "artifacts")
         order = {p: i for i, p in enumerate(("fp32", "fp16", "int8"))}
         reports = sorted((json.loads(f.read_text()) for f in (out / "artifacts").glob("*.json")),
                          key=lambda r: (r["target"], order[r["precision"]]))
@@ -61,7 +58,7 @@ def main(argv=None) -> int:
                      "threshold_db": v.get("threshold_db"), "note": v.get("note", ""),
                      "weights": r["notes"].get("int8_source", "bundled:edge-xs"),
                      "source_sha256": r["metadata"].get("source_sha256")})
-    from datprl_edge.bench_env import isa_block
+    from datprl_edge.core.host import isa_block
 
     doc = {"suite": "export_table", "command": "python benchmarks/export_table.py",
            "cli": "datprl-edge " + " ".join(cmd[:-1]) + " DIR",

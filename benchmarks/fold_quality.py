@@ -1,8 +1,9 @@
 """Does fixing the prompt per task cost restoration quality? (benchmark helper)
 
 On held-out validation pairs (`validation_set`, bundled 'val' images, never used for the prompt):
-mean skimage PSNR vs ground truth of the input, the auto-routed model, the static fold with mean
-pool weights (what `fold_static` does), and the alternative fold with the mean composed prompt.
+mean PSNR vs ground truth (`core.metrics`: output clipped, mean capped) of the input, the auto-routed
+model, the static fold with mean pool weights (what `fold_static` does), and the alternative fold
+with the mean composed prompt.
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ VAL_COUNT, VAL_SIZE = 8, 256
 
 
 def quality_part(student, folded: dict, images: int | None) -> list:
-    import numpy as np
     import torch
-    from skimage.metrics import peak_signal_noise_ratio
 
+    from datprl_edge.core.metrics import batch_psnr, mean_psnr
     from datprl_edge.data.datasets import validation_set
-    from datprl_edge.fold import FoldConfig
-    from datprl_edge.fold_support import load_fold_images
+    from datprl_edge.fold.folding import FoldConfig
+    from datprl_edge.fold.support import load_fold_images
     from datprl_edge.models.folded import prompted_blocks, static_from_student
     from datprl_edge.models.registry import model_config
 
@@ -26,8 +26,8 @@ def quality_part(student, folded: dict, images: int | None) -> list:
 
     def score(fn, lq, gt):
         with torch.inference_mode():
-            out = torch.cat([fn(lq[i:i + 4]) for i in range(0, len(lq), 4)]).clamp(0, 1).numpy()
-        return float(np.mean([peak_signal_noise_ratio(g, o, data_range=1.0) for g, o in zip(gt, out)]))
+            out = torch.cat([fn(lq[i:i + 4]) for i in range(0, len(lq), 4)]).numpy()
+        return mean_psnr(batch_psnr(gt, out, clip=True))
 
     rows = []
     for task, model in folded.items():
@@ -39,8 +39,7 @@ def quality_part(student, folded: dict, images: int | None) -> list:
         lq, gt = validation_set(task, count=VAL_COUNT, size=VAL_SIZE).tensors()
         gt_np = gt.numpy()
         rows.append({"task": task, "val_images": len(gt), "val_size": VAL_SIZE,
-                     "psnr_input_db": round(float(np.mean([peak_signal_noise_ratio(g, i, data_range=1.0)
-                                                           for g, i in zip(gt_np, lq.numpy())])), 2),
+                     "psnr_input_db": round(mean_psnr(batch_psnr(gt_np, lq.numpy(), clip=True)), 2),
                      "psnr_auto_db": round(score(student, lq, gt_np), 2),
                      "psnr_fold_mean_weights_db": round(score(model, lq, gt_np), 2),
                      "psnr_fold_mean_prompt_db": round(score(alt, lq, gt_np), 2)})

@@ -35,7 +35,7 @@ def _load(spec: str, fallback: str):
     import torch
 
     from datprl_edge import create_model, load_model
-    from datprl_edge.errors import DatprlEdgeError
+    from datprl_edge.core.errors import DatprlEdgeError
 
     if spec:
         try:
@@ -55,7 +55,7 @@ def _load(spec: str, fallback: str):
 
 
 def _sha256(spec: str) -> str:
-    from datprl_edge.checkpoint import sha256_file
+    from datprl_edge.io.checkpoint import sha256_file
     from datprl_edge.models.loading import BUNDLED_PREFIX, bundled_path
 
     return sha256_file(bundled_path(spec[len(BUNDLED_PREFIX):]) if spec.startswith(BUNDLED_PREFIX) else spec)
@@ -73,10 +73,10 @@ def interleaved_latency(models: dict, shape, rounds: int, iters: int, warmup: in
 
 
 def static_part(student, desc, images: int | None, rounds: int, iters: int) -> dict:
-    from datprl_edge.data.calib import load_recipe
-    from datprl_edge.fold import FoldConfig, fold_static
+    from datprl_edge.data.calib import load_calib_recipe
+    from datprl_edge.fold.folding import FoldConfig, fold_static
 
-    tasks = [t.id for t in load_recipe("all").tasks]
+    tasks = [t.id for t in load_calib_recipe("all").tasks]
     config = FoldConfig(task=tasks, images=images, shape=SHAPE, latency_iters=0)
     t0 = time.perf_counter()
     result = fold_static(student, config, log=lambda m: print(f"  {m}", flush=True))
@@ -133,7 +133,7 @@ def switch_part(student, models: dict, rounds: int, iters: int) -> dict:
 
 
 def dynamic_part(models: list, rounds: int, iters: int) -> list:
-    from datprl_edge.fold import FoldConfig, fold_dynamic
+    from datprl_edge.fold.folding import FoldConfig, fold_dynamic
 
     out = []
     for spec, fallback, shape, r, it in models:
@@ -159,7 +159,7 @@ def dynamic_part(models: list, rounds: int, iters: int) -> list:
 
 
 def _db(v):
-    from datprl_edge.fold_support import json_db
+    from datprl_edge.fold.support import json_db
 
     return json_db(v)
 
@@ -226,7 +226,7 @@ def main(argv=None) -> int:
         models[0] = (args.student, "edge-xs", SHAPE, 0, 0)
     dynamic = dynamic_part(models, args.rounds, args.iters)
     command = " ".join(["python", "benchmarks/fold_savings.py", *sys.argv[1:]])
-    from datprl_edge.bench_env import isa_block
+    from datprl_edge.core.host import isa_block
 
     res = {"benchmark": "fold_savings", "command": command,
            "environment": {"python": platform.python_version(), "torch": torch.__version__,

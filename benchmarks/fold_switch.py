@@ -76,7 +76,7 @@ def onnx_head_to_head(file_model, switch, shape, rounds: int, iters: int) -> dic
     import onnxruntime as ort
     import torch
 
-    from datprl_edge.targets.common import quiet
+    from datprl_edge.core.artifacts import quiet
 
     x = torch.rand(shape)
     with tempfile.TemporaryDirectory(prefix="fold-switch-") as tmp:

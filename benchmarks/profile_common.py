@@ -10,7 +10,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from datprl_edge.bench_env import default_threads  # noqa: E402,F401  (re-exported for the profilers)
+from datprl_edge.core.host import default_threads  # noqa: E402,F401  (re-exported for the profilers)
+from datprl_edge.core.shapes import parse_hw  # noqa: E402
 
 
 def time_table(counter, runs: int, total: float, top: int) -> list:
@@ -27,6 +28,6 @@ def main(profile, description: str, argv=None) -> int:
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--threads", type=int)
     args = p.parse_args(argv)
-    h, w = (int(v) for v in args.shape.lower().split("x"))
+    h, w = parse_hw(args.shape, "--shape")
     print(json.dumps(profile(args.artifact, (h, w), args.iters, args.threads), indent=2))
     return 0

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/qat_accuracy.py [--max-drop 0.1] [--ship] [--threads 1]
 
-For every target (onnx, openvino, coreml) it runs `datprl_edge.qat.run_qat` twice on the same
+For every target (onnx, openvino, coreml) it runs `datprl_edge.quantize.qat.run_qat` twice on the same
 calibration recipe: 0 steps (PTQ: calibration only) and --steps QAT steps distilled from the FP32
 model, then measures PSNR on the fixed validation pairs (`validation_set`, 'val' split) of every
 recipe task. Writes benchmarks/results/qat_accuracy.json; --ship also writes the variant with the
@@ -30,16 +30,16 @@ def student(path=None):
     """(model, description, placeholder): `path`, else bundled:edge-xs, else a random edge-xs."""
     import torch
 
-    from datprl_edge.models.loading import load_model
     from datprl_edge.models.registry import create_model
+    from datprl_edge.sources import resolve_model
 
     if path:
-        model = load_model(path)
+        model = resolve_model(path)
         cmd = getattr(model, "datprl_checkpoint", None)
         cmd = cmd.provenance.get("command", "") if cmd is not None else ""
         return model, f"{path} (NOT the bundled student; made by: {cmd or 'unknown'})", True
     if (WEIGHTS / "edge-xs.safetensors").is_file():
-        return load_model("bundled:edge-xs"), "bundled:edge-xs", False
+        return resolve_model("bundled:edge-xs"), "bundled:edge-xs", False
     torch.manual_seed(0)
     return create_model("edge-xs"), "edge-xs random init (PLACEHOLDER: bundled:edge-xs not shipped yet)", True
 
@@ -73,23 +73,25 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from datprl_edge.bench_env import isa_block
-    from datprl_edge.cli.qat_cmd import _calibration, _search_pairs, _validation
+    from datprl_edge.core.host import isa_block
+    from datprl_edge.core.metrics import METRIC_CONVENTION
     from datprl_edge.io.atomic import write_text_atomic
-    from datprl_edge.qat import QATConfig, run_qat, save_qat
-    from datprl_edge.qat_train import evaluate
+    from datprl_edge.quantize.inputs import calibration_pairs, search_pairs, validation_pairs
+    from datprl_edge.quantize.loop import evaluate
+    from datprl_edge.quantize.qat import QATConfig, run_qat, save_qat
 
     torch.manual_seed(0)
     model, model_desc, placeholder = student(args.model)
-    calib, tasks = _calibration(args.calib)
-    val = _validation(tasks, args.val_count, args.val_size)
+    calib, tasks = calibration_pairs(args.calib)
+    val = validation_pairs(tasks, args.val_count, args.val_size)
     multiple = int(model.pad_multiple)
     fp32 = evaluate(model, val, multiple)
     report = {
         "model": model_desc, "placeholder": placeholder, "calibration": args.calib,
         "calibration_pairs": len(calib), "validation": f"validation_set(task, count={args.val_count}, "
                                                        f"size={args.val_size}, seed=0), 'val' split",
-        "metric": "PSNR (dB), skimage.metrics.peak_signal_noise_ratio, data_range 1, output clipped to [0,1]",
+        "metric": "per-task mean PSNR (dB), output clipped to [0, 1] (datprl_edge.quantize.loop.evaluate)",
+        "metrics": METRIC_CONVENTION,
         "int8_numerics": "torch fake-quant (the prepared QAT module)",
         "settings": {"steps": args.steps, "lr": args.lr, "batch_size": args.batch_size, "crop": args.crop,
                      "max_drop": args.max_drop, "gt_weight": args.gt_weight,
@@ -116,7 +118,7 @@ def main(argv=None) -> int:
             cfg = QATConfig(target=target, steps=steps, lr=args.lr, batch_size=args.batch_size,
                             crop=args.crop, max_drop=max_drop, **extra)
             t0 = time.time()
-            search = _search_pairs(tasks, args.val_count, args.val_size) if cfg.max_drop is not None else None
+            search = search_pairs(tasks, args.val_count, args.val_size) if cfg.max_drop is not None else None
             result = results[name] = run_qat(model, cfg, calib, val=val, search_val=search,
                              log=lambda m, t=target, n=name: print(f"[{t} {n}] {m}", flush=True))
             m = result.metrics
@@ -146,8 +148,8 @@ def main(argv=None) -> int:
 
 def update_manifest(path: Path, variant: str, drop: dict) -> None:
     """Record a shipped INT8 checkpoint in weights/MANIFEST.json (sha256, size, how it was made)."""
-    from datprl_edge.checkpoint import read_checkpoint_config, sha256_file
     from datprl_edge.io.atomic import write_text_atomic
+    from datprl_edge.io.checkpoint import read_checkpoint_config, sha256_file
 
     cfg = read_checkpoint_config(path)
     qcfg = cfg.extra.get("qat_config", {})

@@ -11,8 +11,8 @@ Data: `data.pairs.fixed_pairs` on the bundled 'val' images (held-out sources, ne
 MRI SR is deterministic, so it uses `--size` crops to vary the content. The shifted set is the same
 images (another seed) degraded by `Task.shifted_task()`: a severity outside `Task.train_severity`
 and, where given, another degradation model. The best classical method per task is chosen on the
-*train* split (`baselines.select_best`), never on these images. Metrics: `evaluate.image_metrics`
-(skimage PSNR/SSIM, data range 1, grey tasks on the channel mean), the same as `datprl-edge eval`.
+*train* split (`baselines.select_best`), never on these images. Metrics: `core.metrics`
+(`image_metrics`, means by `mean_psnr`: its one convention), the same as `datprl-edge eval`.
 Writes the JSON atomically and prints a table.
 """
 
@@ -54,8 +54,8 @@ def parse_args(argv=None):
 
 
 def environment(command: str) -> dict:
-    from datprl_edge.bench_env import environment as env
-    from datprl_edge.bench_env import package_versions
+    from datprl_edge.core.host import environment as env
+    from datprl_edge.core.host import package_versions
 
     e = env()
     flags = set(e.get("cpu_flags") or [])
@@ -68,8 +68,8 @@ def environment(command: str) -> dict:
 
 
 def load_models(args) -> dict:
-    from datprl_edge.errors import ConfigError
-    from datprl_edge.evaluate import open_model
+    from datprl_edge.core.errors import ConfigError
+    from datprl_edge.evaluate.driver import open_model
 
     specs = {"teacher": args.teacher, "student": args.student}
     for v in args.variant:
@@ -91,8 +91,9 @@ def make_sets(task, args, shifted: bool):
 def evaluate_task(task, args, models, best, bar, shifted: bool) -> dict:
     import numpy as np
 
-    from datprl_edge.baselines import get_method, methods_for, run_baseline
-    from datprl_edge.evaluate import harm_stats, image_metrics
+    from datprl_edge.core.metrics import image_metrics, mean_psnr
+    from datprl_edge.evaluate.baselines import get_method, methods_for, run_baseline
+    from datprl_edge.evaluate.harm import harm_stats
 
     tk, size, pairs = make_sets(task, args, shifted)
     names = [f"{p.source}#{k}" for k, p in enumerate(pairs)]
@@ -110,13 +111,13 @@ def evaluate_task(task, args, models, best, bar, shifted: bool) -> dict:
     in_p, in_s, _ = rows(lambda x: x)
     out = {"degradation": tk.description, "severity": tk.default_severity, "size": size, "images": len(pairs),
            "sources": sorted({p.source for p in pairs}),
-           "input": {"psnr": _r(np.mean(in_p)), "ssim": _r(np.mean(in_s), 5), "per_image_psnr": _rl(in_p)},
+           "input": {"psnr": _r(mean_psnr(in_p)), "ssim": _r(np.mean(in_s), 5), "per_image_psnr": _rl(in_p)},
            "classical": {}, "models": {}}
     for m in methods_for(task):
         limit = args.bm3d_images if m == "bm3d" and args.bm3d_images else None
         ps, ss, sec = rows(lambda x, m=m: run_baseline(m, x), limit)
-        out["classical"][m] = {"psnr": _r(np.mean(ps)), "ssim": _r(np.mean(ss), 5), "images": len(ps),
-                               "gain_db": _r(np.mean(ps) - np.mean(in_p[:len(ps)])),
+        out["classical"][m] = {"psnr": _r(mean_psnr(ps)), "ssim": _r(np.mean(ss), 5), "images": len(ps),
+                               "gain_db": _r(mean_psnr(ps) - mean_psnr(in_p[:len(ps)])),
                                "harm": harm_stats(ps, in_p[:len(ps)])["harm"],
                                "seconds_per_image": _r(sec, 3), "uses": get_method(m).uses}
         if limit:
@@ -125,8 +126,8 @@ def evaluate_task(task, args, models, best, bar, shifted: bool) -> dict:
     out["best_classical_psnr"] = out["classical"][best]["psnr"] if best else None
     for label, (spec, runner) in models.items():
         ps, ss, sec = rows(runner)
-        entry = {"spec": spec, "psnr": _r(np.mean(ps)), "ssim": _r(np.mean(ss), 5),
-                 "gain_db": _r(np.mean(ps) - np.mean(in_p)), **harm_stats(ps, in_p, names),
+        entry = {"spec": spec, "psnr": _r(mean_psnr(ps)), "ssim": _r(np.mean(ss), 5),
+                 "gain_db": _r(mean_psnr(ps) - mean_psnr(in_p)), **harm_stats(ps, in_p, names),
                  "seconds_per_image": _r(sec, 3), "per_image_psnr": _rl(ps)}
         if best:
             entry["vs_best_classical_db"] = _r(entry["psnr"] - out["best_classical_psnr"])
@@ -188,9 +189,9 @@ def main(argv=None) -> int:
     import torch
     from tqdm import tqdm
 
-    from datprl_edge.baselines import select_best
+    from datprl_edge.core.metrics import METRIC_CONVENTION
     from datprl_edge.data.tasks import resolve_tasks
-    from datprl_edge.evaluate import SSIM_OPTIONS
+    from datprl_edge.evaluate.baselines import select_best
     from datprl_edge.io.atomic import write_text_atomic
 
     torch.set_num_threads(args.threads)
@@ -203,7 +204,7 @@ def main(argv=None) -> int:
     for t in tqdm(tasks, desc="select classical (train split)", leave=False):
         selection[t.id] = select_best(t, count=args.select_count, size=args.select_size, seed=args.seed)
     set_names = ["val"] + ([] if args.no_shifted else ["shifted"])
-    from datprl_edge.baselines import methods_for
+    from datprl_edge.evaluate.baselines import methods_for
 
     total = len(set_names) * len(tasks) * args.count * (1 + len(models)) \
         + len(set_names) * args.count * sum(len(methods_for(t)) for t in tasks)
@@ -226,12 +227,9 @@ def main(argv=None) -> int:
                  "shifted": "the same images, seed+1, degraded by Task.shifted_task(): severity outside "
                             "Task.train_severity and, where given, another degradation model (see each "
                             "task's 'degradation')"},
-        "metrics": {"function": "datprl_edge.evaluate.image_metrics (the one `datprl-edge eval` uses)",
-                    "psnr": "skimage.metrics.peak_signal_noise_ratio(data_range=1)",
-                    "ssim": "skimage.metrics.structural_similarity(data_range=1, "
-                            + ", ".join(f"{k}={v}" for k, v in SSIM_OPTIONS.items()) + ")",
-                    "grayscale_tasks": "scored on the channel mean", "harm": "images whose PSNR is below the "
-                    "degraded input's", "gain_db": "mean PSNR minus the input's mean PSNR, same images"},
+        "metrics": {**METRIC_CONVENTION, "function": "datprl_edge.core.metrics.image_metrics (the one "
+                    "`datprl-edge eval` uses)", "harm": "images whose PSNR is below the degraded input's",
+                    "gain_db": "mean PSNR minus the input's mean PSNR, same images"},
         "selection": selection, "sets": sets,
         "targets": {name: targets(per_task, has_nokd) for name, per_task in sets.items()},
     }
@@ -247,7 +245,7 @@ def main(argv=None) -> int:
 
 
 def env_load():
-    from datprl_edge.bench_env import load_average
+    from datprl_edge.core.host import load_average
 
     return load_average()
 
@@ -262,7 +260,7 @@ def _rl(values) -> list:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
-    from datprl_edge.errors import DatprlEdgeError
+    from datprl_edge.core.errors import DatprlEdgeError
 
     try:
         sys.exit(main())

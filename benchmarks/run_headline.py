@@ -10,7 +10,7 @@ Suites (targets are figures to report, never test assertions):
                 target (OpenVINO): INT8 at least 1.8x faster
   ct_512        a 512x512 CT slice; target: at most 60 ms
   frame_4k      a 3840x2160 frame, tiled; target: at most 2.5 s with peak RSS at most 1 GB
-Timing runs through `datprl_edge.bench.run_bench` (the `datprl-edge bench` engine: a fresh process
+Timing runs through `datprl_edge.bench.driver.run_bench` (the `datprl-edge bench` engine: a fresh process
 per measurement, no torch). A missed target gets OpenVINO per-layer counters (profile_openvino.py)
 and a `limits` text built from them (top op types), the counted MACs (speedup_256) or the tiling
 (frame_4k).
@@ -35,8 +35,8 @@ import artifacts as build  # noqa: E402
 from profile_onnxruntime import profile as profile_ort  # noqa: E402
 from profile_openvino import profile  # noqa: E402
 
-from datprl_edge.bench import BenchConfig, run_bench, summary_lines  # noqa: E402
-from datprl_edge.bench_env import default_threads, isa_block, load_average  # noqa: E402
+from datprl_edge.bench.driver import BenchConfig, run_bench, summary_lines  # noqa: E402
+from datprl_edge.core.host import default_threads, isa_block, load_average  # noqa: E402
 from datprl_edge.io.atomic import write_text_atomic  # noqa: E402
 
 SUITES = ("speedup_256", "int8_vs_fp32", "ct_512", "frame_4k")

@@ -76,7 +76,7 @@ def components(reps: int = 6) -> dict:
 
     import torch
 
-    from datprl_edge.models.loading import load_model
+    from datprl_edge.sources import resolve_model
     from datprl_edge.train.curriculum import Curriculum
     from datprl_edge.train.data import build_train_data
     from datprl_edge.train.loader import BatchPlan, make_batch
@@ -85,7 +85,7 @@ def components(reps: int = 6) -> dict:
     torch.set_num_threads(1)
     data = build_train_data("synthetic", 64, 0, severity="random")
     plan = BatchPlan(data, Curriculum("mixed", data.task_of_item, 10 ** 6), 8, slice(0, 8))
-    teacher, student = load_model("bundled:teacher-ref"), load_model("bundled:edge-xs")
+    teacher, student = resolve_model("bundled:teacher-ref"), resolve_model("bundled:edge-xs")
     times: dict = {}
 
     def clock(name, fn):

@@ -1,5 +1,5 @@
 import sys
 
-from .cli.main import main
+from datprl_edge.cli.main import main
 
 sys.exit(main())

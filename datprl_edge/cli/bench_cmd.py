@@ -5,6 +5,8 @@ from __future__ import annotations
 import shlex
 import sys
 
+from datprl_edge.core.targets import BENCH_COMPUTE_UNITS, COMPUTE_UNITS
+
 
 def register(subparsers):
     p = subparsers.add_parser(
@@ -31,7 +33,8 @@ def register(subparsers):
     p.add_argument("--device", action="append", metavar="D",
                    help="CPU (default), GPU, NPU or all (every device OpenVINO lists); repeatable")
     p.add_argument("--compute-units", action="append", metavar="U",
-                   help="Core ML compute units: ALL, CPU_ONLY, CPU_AND_NE (default: all three); repeatable")
+                   help=f"Core ML compute units: {', '.join(COMPUTE_UNITS)} (default: "
+                        f"{', '.join(BENCH_COMPUTE_UNITS)}); repeatable")
     p.add_argument("--inference-precision", default="f32", metavar="P",
                    help="OpenVINO INFERENCE_PRECISION_HINT: f32 (default; the CPU may otherwise run "
                         "FP32 models in bf16), bf16, f16 or default")
@@ -47,8 +50,9 @@ def register(subparsers):
 def run(args) -> int:
     from pathlib import Path
 
-    from ..bench import BenchConfig, run_bench, summary_lines, write_report
-    from ..io.atomic import check_output
+    from datprl_edge.bench.driver import BenchConfig, failures, run_bench, summary_lines, write_report
+    from datprl_edge.core.errors import BenchmarkError
+    from datprl_edge.io.atomic import check_output
 
     if args.json:
         check_output(args.json, overwrite=args.overwrite, inputs=args.artifacts, suffix=".json",
@@ -57,7 +61,7 @@ def run(args) -> int:
         shapes=tuple(args.shape or ["256x256"]), threads=args.threads, warmup=args.warmup, iters=args.iters,
         seconds=args.seconds if args.seconds is not None else (None if args.iters else 3.0),
         devices=tuple(args.device or ["CPU"]),
-        compute_units=tuple(_split(args.compute_units) or ["ALL", "CPU_ONLY", "CPU_AND_NE"]),
+        compute_units=tuple(_split(args.compute_units) or BENCH_COMPUTE_UNITS),
         inference_precision=str(args.inference_precision).lower(), tile=args.tile, overlap=args.overlap)
 
     def progress(i, total, spec):
@@ -74,6 +78,12 @@ def run(args) -> int:
     if args.json:
         write_report(report, args.json)
         print(f"wrote {args.json}")
+    failed = failures(report)
+    if failed:
+        total = len(report["results"])
+        more = (f" ({len(failed)} of {total} measurements failed; the others are in the report)"
+                if total > 1 else "")
+        raise BenchmarkError(f"{failed[0]['message']}{more}")
     return 0
 
 

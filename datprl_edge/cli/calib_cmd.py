@@ -23,9 +23,9 @@ def register(subparsers):
 
 
 def run_build(args) -> int:
-    from ..data.calib import build_calibration_set, format_coverage, load_recipe
+    from datprl_edge.data.calib import build_calibration_set, format_coverage, load_calib_recipe
 
-    recipe = load_recipe(args.recipe)
+    recipe = load_calib_recipe(args.recipe)
     coverage = build_calibration_set(recipe, args.output, overwrite=args.overwrite, progress=not args.quiet)
     print(format_coverage(coverage))
     print(f"wrote {args.output} (coverage.json, SHA256SUMS)")
@@ -33,12 +33,12 @@ def run_build(args) -> int:
 
 
 def run_list(args) -> int:
-    from ..data.calib import list_recipes, load_recipe
-    from .zoo_cmd import format_table
+    from datprl_edge.cli.zoo_cmd import format_table
+    from datprl_edge.data.calib import list_recipes, load_calib_recipe
 
     rows = [("recipe", "tasks", "pairs", "description")]
     for name in list_recipes():
-        r = load_recipe(name)
+        r = load_calib_recipe(name)
         rows.append((name, str(len(r.tasks)), str(sum(t.count for t in r.tasks)), r.description))
     print(format_table(rows))
     return 0
@@ -48,7 +48,7 @@ def run_show(args) -> int:
     import json
     from pathlib import Path
 
-    from ..data.calib import format_coverage, verify_calibration_set
+    from datprl_edge.data.calib import format_coverage, verify_calibration_set
 
     verify_calibration_set(args.set_dir)
     coverage = json.loads((Path(args.set_dir) / "coverage.json").read_text(encoding="utf-8"))

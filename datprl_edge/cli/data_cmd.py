@@ -33,13 +33,13 @@ def run_synth(args) -> int:
     import json
     from pathlib import Path
 
-    from ..data.degrade._common import check_severity
-    from ..data.pairs import fixed_pairs
-    from ..data.preview import psnr
-    from ..data.tasks import get_task
-    from ..errors import ConfigError, OutputExistsError
-    from ..io.atomic import atomic_dir
-    from ..io.images import ImageInfo, write_image
+    from datprl_edge.core.errors import ConfigError, OutputExistsError
+    from datprl_edge.data.degrade._common import check_severity
+    from datprl_edge.data.pairs import fixed_pairs
+    from datprl_edge.data.preview import psnr
+    from datprl_edge.data.tasks import get_task
+    from datprl_edge.io.atomic import atomic_dir
+    from datprl_edge.io.images import ImageInfo, write_image
 
     task = get_task(args.task)
     if args.count < 1 or args.size < 8:
@@ -69,8 +69,8 @@ def run_synth(args) -> int:
 
 
 def run_preview(args) -> int:
-    from ..data.degrade._common import check_severity
-    from ..data.preview import draw_sheet, preview_pairs, psnr
+    from datprl_edge.data.degrade._common import check_severity
+    from datprl_edge.data.preview import draw_sheet, preview_pairs, psnr
 
     sev = None if args.severity is None else check_severity(args.severity)
     pairs = preview_pairs(args.tasks, size=args.size, seed=args.seed, severity=sev, index=args.index)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from .train_cmd import add_training_args, apply_threads, command_line, config_kwargs, print_summary
+from datprl_edge.cli.train_cmd import (
+    add_training_args,
+    apply_threads,
+    command_line,
+    config_kwargs,
+    print_summary,
+)
 
 
 def register(subparsers):
@@ -38,9 +44,9 @@ def register(subparsers):
 def run(args) -> int:
     import torch
 
-    from ..distill import distill
-    from ..errors import ConfigError
-    from ..train.config import DistillConfig
+    from datprl_edge.core.errors import ConfigError
+    from datprl_edge.train.config import DistillConfig
+    from datprl_edge.train.distill import distill
 
     apply_threads(args)
     kd = {} if not args.no_kd else dict(output_weight=0.0, feature_weight=0.0, routing_weight=0.0)
@@ -68,23 +74,16 @@ def run(args) -> int:
 
 
 def _load_teacher(spec: str, network):
-    from pathlib import Path
+    from datprl_edge.sources import locate_model
 
-    from ..checkpoint import sha256_file
-    from ..models.loading import BUNDLED_PREFIX, bundled_path, load_model
-
-    model = load_model(spec, network=network)
-    path = bundled_path(spec[len(BUNDLED_PREFIX):]) if spec.startswith(BUNDLED_PREFIX) else Path(spec)
-    model.datprl_source_sha256 = sha256_file(path)
+    source = locate_model(spec, network)
+    model = source.load()
+    model.datprl_source_sha256 = source.sha256
     return model
 
 
 def _build_student(spec: str):
-    from pathlib import Path
+    """A student checkpoint (or bundled:NAME) to start from, or a registry name (random init)."""
+    from datprl_edge.sources import resolve_model
 
-    from ..models.loading import load_model
-    from ..models.registry import create_model
-
-    if spec.startswith("bundled:") or Path(spec).suffix in (".safetensors", ".pth", ".pt"):
-        return load_model(spec)
-    return create_model(spec)
+    return resolve_model(spec, random_init=True)

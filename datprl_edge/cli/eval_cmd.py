@@ -28,7 +28,7 @@ def register(subparsers):
     p.add_argument("--seed", type=int, default=0, metavar="S", help="validation seed (0)")
     p.add_argument("--baselines", action="store_true",
                    help="also score each task's classical methods (scikit-image, bm3d, ...; see "
-                        "datprl_edge.baselines), the best one chosen on the train split")
+                        "datprl_edge.evaluate.baselines), the best one chosen on the train split")
     p.add_argument("--json", metavar="OUT", help="write the full report (JSON) here")
     p.add_argument("--harm-visuals", action="store_true",
                    help="with --json: save crops of each model's worst harmed image per task (images where "
@@ -41,14 +41,14 @@ def run(args) -> int:
     import json
     import sys
 
-    from ..evaluate import EvalConfig, evaluate, summary_lines
-    from ..io.atomic import check_output, write_text_atomic
+    from datprl_edge.evaluate.driver import EvalConfig, evaluate, summary_lines
+    from datprl_edge.io.atomic import check_output, write_text_atomic
 
     if args.json:
         inputs = args.models + ([args.reference] if args.reference else [])
         check_output(args.json, overwrite=args.overwrite, inputs=inputs, suffix=".json", option="--json")
     if args.harm_visuals and not args.json:
-        from ..errors import ConfigError
+        from datprl_edge.core.errors import ConfigError
 
         raise ConfigError("--harm-visuals writes beside the --json report; give --json OUT too")
     tasks = [t.strip() for item in args.task or [] for t in item.split(",") if t.strip()] or None
@@ -60,7 +60,7 @@ def run(args) -> int:
 
         harm_dir = Path(args.json).with_name(Path(args.json).stem + "_harm")
         if harm_dir.exists() and not args.overwrite:
-            from ..errors import OutputExistsError
+            from datprl_edge.core.errors import OutputExistsError
 
             raise OutputExistsError(f"{harm_dir} exists; pass --overwrite to replace it")
     report = evaluate(args.models, config, command=_command(args), progress=sys.stderr.isatty(),

@@ -3,15 +3,14 @@ against PyTorch before it is kept, with metadata embedded and a JSON report besi
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
-from ..errors import ConfigError, InputNotFoundError
+from datprl_edge.core.errors import ConfigError
+from datprl_edge.core.targets import COMPUTE_UNITS
+from datprl_edge.sources import DEFAULT_STUDENT as DEFAULT_MODEL
 
-DEFAULT_MODEL = "bundled:edge-xs"
 DEFAULT_OUTPUT = "artifacts"
-_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt", ".bin")
 
 
 def register(subparsers):
@@ -24,7 +23,7 @@ def register(subparsers):
     )
     p.add_argument("model", nargs="?", metavar="MODEL",
                    help="checkpoint, QAT checkpoint, bundled:NAME or registry name (default: the bundled "
-                        "student, bundled:edge-xs)")
+                        f"student, {DEFAULT_MODEL}; INT8 from each target's shipped QAT weights)")
     p.add_argument("-o", "--output", metavar="DIR",
                    help=f"output folder (default: ./{DEFAULT_OUTPUT} under the current folder)")
     p.add_argument("--target", metavar="T", help="onnx, openvino, coreml, all, or a comma list")
@@ -44,7 +43,7 @@ def register(subparsers):
                    help="INT8 from a float model: QAT steps (0 = post-training quantization, the default)")
     p.add_argument("--tile", type=int, metavar="N", help="recommended tile size stored in the metadata (256)")
     p.add_argument("--overlap", type=int, metavar="N", help="recommended tile overlap (16)")
-    p.add_argument("--compute-units", metavar="U", help="Core ML: ALL, CPU_AND_NE, CPU_AND_GPU or CPU_ONLY")
+    p.add_argument("--compute-units", metavar="U", help=f"Core ML: {', '.join(COMPUTE_UNITS)}")
     p.add_argument("--verify-images", type=int, metavar="N", help="images to verify on (default 2)")
     p.add_argument("--verify-size", metavar="HxW", help="their size for dynamic artifacts (default 100x124)")
     p.add_argument("--network", metavar="CFG", help="YAML/JSON with the network_g block of a released .pth")
@@ -57,8 +56,10 @@ def register(subparsers):
 def run(args) -> int:
     import json
 
-    from ..export import export_model
-    from ..export_config import ExportConfig, load_profile, parse_hw
+    from datprl_edge.core.shapes import parse_hw
+    from datprl_edge.export.config import ExportConfig, load_profile
+    from datprl_edge.export.driver import export_model
+    from datprl_edge.sources import export_sources
 
     fields = load_profile(args.profile) if args.profile else {}
     if args.target:
@@ -77,7 +78,7 @@ def run(args) -> int:
             fields[key] = value
     if args.verify_size:
         fields["verify_size"] = parse_hw(args.verify_size)
-    probe = ExportConfig(**fields)  # validates options before any model is loaded
+    config = ExportConfig(**fields, model_name=args.name, overwrite=args.overwrite)  # checked before loading
     reports, labels = [], []
 
     def say(msg):
@@ -86,12 +87,9 @@ def run(args) -> int:
     output = Path(args.output) if args.output else Path.cwd() / DEFAULT_OUTPUT
     if not args.output:
         say(f"writing to {output} (the default; -o DIR picks another folder)")
-    for fields_part, source in _export_plan(args, fields, probe):
-        model, info = source if isinstance(source, tuple) else load_source(source, args.network, probe)
-        config = ExportConfig(**fields_part, model_name=args.name or info["name"],
-                              source_sha256=info["sha256"], overwrite=args.overwrite)
-        reports += export_model(model, config, output, progress=say)
-        labels.append(info["label"])
+    for part, model, source in export_sources(args.model, config, args.network):
+        reports += export_model(model, part, output, progress=say)
+        labels.append(source.label)
     if args.json:
         print(json.dumps([r.to_dict() for r in reports], indent=2, default=str))
     else:
@@ -100,79 +98,8 @@ def run(args) -> int:
     return 0
 
 
-def _export_plan(args, fields: dict, probe) -> list:
-    """[(config fields, model spec or loaded (model, info))]: one export of MODEL, except that with
-    no MODEL every target's INT8 artifact comes from that target's shipped QAT weights (when they
-    are installed) and the other precisions from the bundled float student."""
-    if args.model is not None or probe.task or "int8" not in (probe.precision or "").split(","):
-        return [(fields, args.model)]  # --task folds the float student first, then quantizes it
-    shipped = {t: _bundled_int8(t) for t in probe.targets}
-    shipped = {t: p for t, p in shipped.items() if p is not None}
-    if not shipped:
-        return [(fields, args.model)]
-    plan = []
-    for target, path in shipped.items():
-        model, info = _load_qat(path, f"{DEFAULT_MODEL} (shipped QAT weights {path.name})")
-        info["name"] = DEFAULT_MODEL.partition(":")[2]  # edge-xs_<target>_int8 beside its fp32/fp16 files
-        plan.append((dict(fields, targets=(target,), precision="int8"), (model, info)))
-    rest_targets = [t for t in probe.targets if t not in shipped]
-    if rest_targets:
-        plan.append((dict(fields, targets=tuple(rest_targets)), None))
-    others = [p for p in (probe.precision or "").split(",") if p and p != "int8"]
-    if others:
-        plan.append((dict(fields, targets=tuple(shipped), precision=",".join(others)), None))
-    return plan
-
-
-def load_source(spec, network, config):
-    """(model or QAT result, info) for the MODEL argument; info has name, sha256 and a label."""
-    from ..checkpoint import read_checkpoint_config, sha256_file
-    from ..models.loading import BUNDLED_PREFIX, WEIGHTS_DIR, bundled_path, load_model
-
-    if spec is None:
-        if not (WEIGHTS_DIR / f"{DEFAULT_MODEL[len(BUNDLED_PREFIX):]}.safetensors").is_file():
-            raise InputNotFoundError("no bundled student in this install (bundled:edge-xs is missing); "
-                                     "pass a checkpoint, bundled:NAME or a registry name such as edge-xs")
-        spec = DEFAULT_MODEL
-    spec = str(spec)
-    if spec.startswith(BUNDLED_PREFIX):
-        path = bundled_path(spec[len(BUNDLED_PREFIX):])
-        model = load_model(spec)
-        return model, {"name": spec[len(BUNDLED_PREFIX):], "sha256": sha256_file(path), "label": spec}
-    path = Path(spec)
-    if path.exists():
-        if network is None and path.suffix == ".safetensors" and read_checkpoint_config(path).stage == "qat":
-            return _load_qat(path, str(path))
-        model = load_model(path, network=network)
-        return model, {"name": path.stem, "sha256": sha256_file(path), "label": str(path)}
-    if os.sep in spec or "/" in spec or spec.lower().endswith(_CHECKPOINT_SUFFIXES):
-        raise InputNotFoundError(f"model file not found: {spec}")
-    from ..models.registry import create_model
-
-    model = create_model(spec)  # unknown names raise with a "did you mean"
-    return model, {"name": spec, "sha256": "random-init",
-                   "label": f"{spec} (random init: registry name, no trained weights)"}
-
-
-def _bundled_int8(target: str):
-    """The shipped QAT weights of the bundled student for `target`, if installed."""
-    from ..models.loading import WEIGHTS_DIR
-
-    path = WEIGHTS_DIR / f"edge-xs-int8-{target}.safetensors"
-    return path if path.is_file() else None
-
-
-def _load_qat(path, label):
-    from ..checkpoint import sha256_file
-    from ..qat import load_qat
-
-    result = load_qat(path)
-    return result, {"name": Path(path).stem, "sha256": sha256_file(path),
-                    "label": f"{label} (QAT checkpoint)"}
-
-
 def format_reports(reports) -> str:
-    from .zoo_cmd import format_table
+    from datprl_edge.cli.zoo_cmd import format_table
 
     rows = [("artifact", "size", "PSNR dB", "max abs diff", "check")]
     notes = []

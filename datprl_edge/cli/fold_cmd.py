@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datprl_edge.core.shapes import format_dims, parse_dims
+
 MODES = ("static", "dynamic")
 
 
@@ -43,10 +45,8 @@ def register(subparsers):
 
 
 def run(args) -> int:
-    from pathlib import Path
-
-    from ..errors import ConfigError, UnknownChoiceError
-    from ..io.atomic import check_output
+    from datprl_edge.core.errors import ConfigError, UnknownChoiceError
+    from datprl_edge.io.atomic import check_output
 
     if args.mode not in MODES:
         raise UnknownChoiceError("fold mode", args.mode, MODES)
@@ -65,32 +65,30 @@ def run(args) -> int:
         raise ConfigError(f"{len(args.task)} tasks write one checkpoint each into a folder: -o names a "
                           f"folder, got {out.name}")
 
-    from ..data.tasks import get_task
+    from datprl_edge.data.tasks import get_task
 
     for task in args.task:
         get_task(task)  # a typo fails before anything is loaded, with a "did you mean"
 
-    from ..checkpoint import sha256_file
-    from ..fold import FoldConfig, fold_dynamic, fold_static, save_fold
-    from ..models.loading import BUNDLED_PREFIX, bundled_path, load_model
-    from ..models.student_blocks import PromptOverride
+    from datprl_edge.fold.folding import FoldConfig, fold_dynamic, fold_static, save_fold
+    from datprl_edge.models.student_blocks import PromptOverride
+    from datprl_edge.sources import locate_model
 
     override = None
     if args.domain_prompt is not None:
         override = PromptOverride(domain=_prompt_spec(args.domain_prompt, "--domain-prompt"),
                                   task=_prompt_spec(args.task_prompt, "--task-prompt"))
     config = FoldConfig(task=args.task, override=override, calibration=args.calib, images=args.images,
-                        crop=args.crop, min_psnr_db=args.min_psnr, shape=_shape(args.shape),
+                        crop=args.crop, min_psnr_db=args.min_psnr, shape=parse_dims(args.shape),
                         latency_iters=args.latency_iters, threads=args.threads)
-    model = load_model(args.model, network=args.network)
+    source = locate_model(args.model, args.network)
+    model = source.load()
 
     def log(msg):
         print(f"[fold] {msg}", flush=True)
 
     result = (fold_static if args.mode == "static" else fold_dynamic)(model, config, log=log)
-    bundled = args.model.startswith(BUNDLED_PREFIX)
-    src = bundled_path(args.model[len(BUNDLED_PREFIX):]) if bundled else Path(args.model)
-    provenance = {"source": str(args.model), "source_sha256": sha256_file(src), "calibration": args.calib}
+    provenance = {"source": str(args.model), "source_sha256": source.sha256, "calibration": args.calib}
     written = save_fold(result, out, provenance=provenance, overwrite=args.overwrite)
     print(summary(result))
     for p in written:
@@ -99,7 +97,7 @@ def run(args) -> int:
 
 
 def _prompt_spec(text: str, flag: str):
-    from ..errors import ConfigError
+    from datprl_edge.core.errors import ConfigError
 
     parts = [s.strip() for s in str(text).split(",") if s.strip()]
     try:
@@ -110,22 +108,10 @@ def _prompt_spec(text: str, flag: str):
         raise ConfigError(f"{flag} takes a pool index or comma-separated weights, got {text!r}") from None
 
 
-def _shape(text: str) -> tuple:
-    from ..errors import ConfigError
-
-    try:
-        dims = tuple(int(s) for s in str(text).lower().split("x"))
-    except ValueError:
-        dims = ()
-    if len(dims) != 4:
-        raise ConfigError(f"--shape takes BxCxHxW, e.g. 1x3x256x256; got {text!r}")
-    return dims
-
-
 def summary(result) -> str:
     c = result.complexity
     before = c["before"]
-    shape = "x".join(str(s) for s in c["shape"])
+    shape = format_dims(c["shape"])
     lines = [f"{result.mode} fold of {result.name} ({result.base_arch}) -> {result.arch}; MACs and torch "
              f"latency at {shape}"]
     rows = [("task", "verify dB", "vs auto dB", "GMAC before", "GMAC after", "ms before", "ms after")]

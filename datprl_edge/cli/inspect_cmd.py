@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from datprl_edge.core.errors import ConfigError
+from datprl_edge.core.shapes import format_dims, parse_hw
 
-from ..errors import ConfigError, InputNotFoundError
-
-_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt", ".bin")
 MAC_CONVENTION = "conv + linear + matmul multiply-accumulates, counted with torch FlopCounterMode"
 
 
@@ -33,30 +30,17 @@ def register(subparsers):
 def run(args) -> int:
     import json
 
-    report = inspect_model(args.model, network=args.network, size=parse_size(args.size),
+    report = inspect_model(args.model, network=args.network, size=parse_hw(args.size, "--size"),
                            latency=not args.no_latency, iters=args.iters, warmup=args.warmup,
                            threads=args.threads)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    parts = str(text).lower().replace("*", "x").split("x")
-    try:
-        hw = [int(p) for p in parts]
-    except ValueError:
-        raise ConfigError(f"--size must look like 256x256 or 256, got {text!r}") from None
-    if len(hw) == 1:
-        hw = hw * 2
-    if len(hw) != 2 or min(hw) < 1:
-        raise ConfigError(f"--size must be HxW with positive sizes, got {text!r}")
-    return hw[0], hw[1]
-
-
 def inspect_model(spec: str, network=None, size=(256, 256), latency=True, iters=10, warmup=2,
                   threads=None) -> dict:
     """Everything `inspect` prints, as a dict (JSON-ready)."""
-    from ..models.complexity import count_macs, count_params, measure_latency, stage_params
+    from datprl_edge.models.complexity import count_macs, count_params, measure_latency, stage_params
 
     if iters < 1 or warmup < 0:
         raise ConfigError(f"--iters must be >= 1 and --warmup >= 0, got {iters} and {warmup}")
@@ -88,22 +72,19 @@ def inspect_model(spec: str, network=None, size=(256, 256), latency=True, iters=
 
 def load_for_inspect(spec: str, network=None, need_weights=True):
     """(model, info) for a registry name, checkpoint path or bundled:NAME."""
-    from ..models.loading import BUNDLED_PREFIX, load_model
-    from ..models.registry import list_models, model_config, resolve
+    from datprl_edge.models.registry import list_models, model_config, resolve
+    from datprl_edge.sources import locate_model
 
     spec = str(spec)
-    if spec.startswith(BUNDLED_PREFIX) or Path(spec).exists():
-        model = load_model(spec, network=network)
+    source = locate_model(spec, network, random_init=True)
+    if source.kind != "registry":
+        model = source.load()
         arch, _ = model_config(model)
         ckpt = getattr(model, "datprl_checkpoint", None)
-        kind = "bundled" if spec.startswith(BUNDLED_PREFIX) else "checkpoint"
+        kind = "bundled" if source.kind == "bundled" else "checkpoint"
         return model, {"model": spec, "arch": arch, "role": ckpt.stage if ckpt else "released",
                        "weights": kind, "weights_note": f"weights loaded from {spec}"}
-    if os.sep in spec or "/" in spec or spec.lower().endswith(_CHECKPOINT_SUFFIXES):
-        raise InputNotFoundError(f"model file not found: {spec}")
-    if network is not None:
-        raise ConfigError("--network describes a released .pth checkpoint; it cannot go with a registry name")
-    arch, _ = resolve(spec)  # unknown names raise with a "did you mean"
+    arch, _ = resolve(spec)
     roles = {s.name: s.role for s in list_models()}
     model = _build(spec, on_meta=not need_weights)
     return model, {"model": spec, "arch": arch, "role": roles.get(spec, "architecture"), "weights": "random",
@@ -113,7 +94,7 @@ def load_for_inspect(spec: str, network=None, need_weights=True):
 def _build(name: str, on_meta: bool):
     import torch
 
-    from ..models.registry import create_model
+    from datprl_edge.models.registry import create_model
 
     if on_meta:  # shapes only: counting a 53 M parameter teacher allocates nothing
         try:
@@ -130,9 +111,9 @@ def _channels(model) -> int:
 
 
 def format_report(r: dict) -> str:
-    from .zoo_cmd import format_table
+    from datprl_edge.cli.zoo_cmd import format_table
 
-    shape = "x".join(str(s) for s in r["input_shape"])
+    shape = format_dims(r["input_shape"])
     lines = [
         f"model       {r['model']} ({r['arch']}, {r['role']})",
         f"weights     {r['weights_note']}",

@@ -7,12 +7,15 @@ Command modules must stay cheap to import (no torch, no backends at module level
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
 import os
 import sys
+import warnings
 
-from .. import __version__
-from ..errors import DatprlEdgeError
+from datprl_edge.core.errors import DatprlEdgeError
+from datprl_edge.core.version import __version__
 
 # Order is the order of `--help`; each module defines register(subparsers).
 COMMAND_MODULES = (
@@ -52,7 +55,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("DATPRL_EDGE_DEBUG") == "1"
     try:
-        code = args.func(args)
+        with contextlib.nullcontext() if debug else quiet_libraries():
+            code = args.func(args)
     except DatprlEdgeError as e:
         if debug:
             raise
@@ -63,6 +67,12 @@ def main(argv=None) -> int:
         if debug or hint is None:
             raise
         print(f"datprl-edge: error: {hint}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the file system refused: a full disk, no permission, a file in the way
+        if debug:
+            raise
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"datprl-edge: error: {e.strerror or one_line(e)}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("datprl-edge: interrupted", file=sys.stderr)
@@ -87,6 +97,40 @@ def missing_dependency_hint(module: str) -> str | None:
         return None
     return (f"this command needs the Python package '{top}', which is not installed: "
             f"install it, or the toolkit with its extra: pip install 'datprl-edge[{extra}]'")
+
+
+@contextlib.contextmanager
+def quiet_libraries():
+    """Keep library chatter off stderr (without --debug): Python warnings, log records below ERROR,
+    and what native code writes to file descriptor 2 (protobuf, oneDNN, onnxruntime logs), while
+    the toolkit's own messages and progress bars (written through `sys.stderr`) still show."""
+    previous_disable = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    saved_stderr, saved_fd = sys.stderr, None
+    try:
+        if sys.stderr.fileno() != 2:  # stderr already goes elsewhere (captured, embedded): leave it
+            raise ValueError("sys.stderr is not file descriptor 2")
+        sys.stderr.flush()
+        saved_fd = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        sys.stderr = open(saved_fd, "w", buffering=1, closefd=False, errors="backslashreplace")
+    except (OSError, ValueError, AttributeError):  # no real fd 2 to guard: Python warnings only
+        if saved_fd is not None:
+            os.close(saved_fd)
+        saved_fd = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous_disable)
+        if saved_fd is not None:
+            sys.stderr.flush()
+            sys.stderr = saved_stderr
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
 
 
 def one_line(e: BaseException) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 
 def register(subparsers):
-    from ..pipeline import STAGES  # torch-free
+    from datprl_edge.pipeline.driver import STAGES  # torch-free
 
     p = subparsers.add_parser(
         "pipeline",
@@ -31,8 +31,8 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
-    from ..pipeline import run_pipeline
-    from ..pipeline_recipe import load_recipe
+    from datprl_edge.pipeline.driver import run_pipeline
+    from datprl_edge.pipeline.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / recipe.name

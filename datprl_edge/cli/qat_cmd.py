@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-TARGETS = ("onnx", "openvino", "coreml")
+from datprl_edge.core.targets import target_names
+
+TARGETS = target_names()
 
 
 def register(subparsers):
@@ -41,8 +43,8 @@ def register(subparsers):
 def run(args) -> int:
     from pathlib import Path
 
-    from ..errors import ConfigError, UnknownChoiceError
-    from ..io.atomic import check_output
+    from datprl_edge.core.errors import ConfigError, UnknownChoiceError
+    from datprl_edge.io.atomic import check_output
 
     if args.target not in TARGETS:
         raise UnknownChoiceError("target", args.target, TARGETS)
@@ -52,65 +54,28 @@ def run(args) -> int:
     inputs = [p for p in (args.model, args.teacher) if p and not str(p).startswith("bundled:")]
     check_output(out, overwrite=args.overwrite, inputs=inputs)
 
-    from ..checkpoint import sha256_file
-    from ..models.loading import BUNDLED_PREFIX, bundled_path, load_model
-    from ..qat import QATConfig, run_qat, save_qat
+    from datprl_edge.quantize.inputs import calibration_pairs, search_pairs, validation_pairs
+    from datprl_edge.quantize.qat import QATConfig, run_qat, save_qat
+    from datprl_edge.sources import locate_model, resolve_model
 
     config = QATConfig(target=args.target, steps=args.steps, batch_size=args.batch_size, crop=args.crop,
                        lr=args.lr, float_layers=args.float_layers, max_drop=args.max_drop, seed=args.seed,
                        checkpoint_every=args.checkpoint_every)
-    model = load_model(args.model)
-    teacher = load_model(args.teacher) if args.teacher else None
-    calib, tasks = _calibration(args.calib)
-    val = _validation(tasks, args.val_count, args.val_size) if args.val_count else None
+    source = locate_model(args.model)
+    model = source.load()
+    teacher = resolve_model(args.teacher) if args.teacher else None
+    calib, tasks = calibration_pairs(args.calib)
+    val = validation_pairs(tasks, args.val_count, args.val_size) if args.val_count else None
     searching = args.max_drop is not None and val
-    search = _search_pairs(tasks, args.val_count, args.val_size) if searching else None
+    search = search_pairs(tasks, args.val_count, args.val_size) if searching else None
     result = run_qat(model, config, calib, teacher=teacher, val=val, search_val=search,
                      state_dir=args.resume_dir,
                      log=lambda msg: print(f"[qat] {msg}", flush=True))
-    bundled = args.model.startswith(BUNDLED_PREFIX)
-    src = bundled_path(args.model[len(BUNDLED_PREFIX):]) if bundled else Path(args.model)
-    provenance = {"command": "qat", "source": str(args.model), "source_sha256": sha256_file(src),
+    provenance = {"command": "qat", "source": str(args.model), "source_sha256": source.sha256,
                   "calibration": args.calib, "teacher": args.teacher or ""}
     save_qat(result, out, provenance)
     print(summary(result, out))
     return 0
-
-
-def _calibration(recipe: str):
-    """Calibration pairs of a recipe (name or .toml) or of a built set folder, and its task ids."""
-    from ..errors import ConfigError
-
-    try:
-        from ..data.calib import calibration_items
-    except ImportError:
-        raise ConfigError("calibration recipes need datprl_edge.data.calib, which this install lacks") \
-            from None
-    items = calibration_items(recipe)
-    return items, list(dict.fromkeys(it["task"] for it in items))
-
-
-def _validation(tasks, count: int, size: int) -> dict:
-    """The fixed validation pairs ('val' split) of the recipe's tasks."""
-    from ..data.datasets import validation_set
-
-    return {t: validation_set(t, count=count, size=size).tensors() for t in tasks}
-
-
-def _search_pairs(tasks, count: int, size: int) -> dict:
-    """Pairs of the 'train' images (seed 1) for the sensitivity search, apart from the reported ones."""
-    import numpy as np
-    import torch
-
-    from ..data.pairs import fixed_pairs
-
-    out = {}
-    for t in tasks:
-        pairs = fixed_pairs(t, count, size, seed=1, split="train")
-        lq = np.stack([p.lq.transpose(2, 0, 1) for p in pairs]).astype(np.float32)
-        gt = np.stack([p.gt.transpose(2, 0, 1) for p in pairs]).astype(np.float32)
-        out[t] = (torch.from_numpy(lq), torch.from_numpy(gt))
-    return out
 
 
 def summary(result, out) -> str:

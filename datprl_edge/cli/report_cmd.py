@@ -32,15 +32,16 @@ def register(subparsers):
 def run(args) -> int:
     from pathlib import Path
 
-    from ..bench import parse_shape
-    from ..errors import ConfigError
-    from ..report import DEFAULT_MAX_DROP, build_report
+    from datprl_edge.core.errors import ConfigError
+    from datprl_edge.core.shapes import parse_hw
+    from datprl_edge.report import DEFAULT_MAX_DROP, build_report
 
     if args.no_max_drop and args.max_drop is not None:
         raise ConfigError("give --max-drop DB or --no-max-drop, not both")
     max_drop = None if args.no_max_drop else (DEFAULT_MAX_DROP if args.max_drop is None else args.max_drop)
     result = build_report(args.run_dir, Path(args.output), budget_ms=args.budget_ms, max_drop=max_drop,
-                          shape=parse_shape(args.shape) if args.shape else None, overwrite=args.overwrite)
+                          shape=parse_hw(args.shape, "--shape") if args.shape else None,
+                          overwrite=args.overwrite)
     rec = result.recommendation
     print(f"recommended: {rec.artifact}" if rec.artifact else "recommended: none")
     print(rec.reason)

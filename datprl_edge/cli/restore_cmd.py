@@ -53,10 +53,10 @@ def register(subparsers):
 
 
 def run(args) -> int:
-    from ..errors import ConfigError
-    from ..io.dicom import parse_window
-    from ..restore import RestoreOptions, plan_jobs, restore_files
-    from ..restore_runners import open_runner
+    from datprl_edge.core.errors import ConfigError
+    from datprl_edge.io.dicom import parse_window
+    from datprl_edge.restore.driver import RestoreOptions, plan_jobs, restore_files
+    from datprl_edge.restore.runners import open_runner
 
     options = RestoreOptions(tile=args.tile, overlap=args.overlap, window=args.window,
                              overwrite=args.overwrite)
@@ -110,16 +110,3 @@ def _tile_bar(src):
 
     return update
 
-
-def load_runner(model, network=None):
-    """(callable NCHW float32 -> NCHW float32, model name); kept for `datprl_edge.evaluate`.
-    New code: `datprl_edge.restore_runners.open_runner`, which also gives the tile geometry."""
-    from ..restore import _to_channels
-    from ..restore_runners import open_runner
-
-    runner = open_runner(model, network=network)
-
-    def run(nchw):
-        return runner(_to_channels(nchw, runner.channels))
-
-    return run, runner.name

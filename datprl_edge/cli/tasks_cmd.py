@@ -15,8 +15,8 @@ def register(subparsers):
 def run(args) -> int:
     import json
 
-    from ..data.tasks import TASK_SETS, list_tasks
-    from .zoo_cmd import format_table
+    from datprl_edge.cli.zoo_cmd import format_table
+    from datprl_edge.data.tasks import TASK_SETS, list_tasks
 
     tasks = list_tasks(args.task_set)
     if args.json:

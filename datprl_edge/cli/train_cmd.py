@@ -103,7 +103,7 @@ def config_kwargs(args) -> dict:
 def apply_threads(args) -> None:
     import torch
 
-    from ..errors import ConfigError
+    from datprl_edge.core.errors import ConfigError
 
     if args.threads is not None:
         if args.threads < 1:
@@ -127,18 +127,18 @@ def print_summary(result, label: str) -> None:
 
 
 def build_teacher_model(args):
-    from ..errors import ConfigError
-    from ..models.loading import read_network_config
-    from ..models.registry import create_model
+    from datprl_edge.core.errors import ConfigError
+    from datprl_edge.models.loading import read_network_config
+    from datprl_edge.models.registry import create_model
 
     if args.network and args.model:
         raise ConfigError("pass either --model or --network, not both")
     if getattr(args, "init", None):
         if args.network or args.model:
             raise ConfigError("--init takes the architecture from the checkpoint; drop --model/--network")
-        from ..models.loading import load_model
+        from datprl_edge.sources import resolve_model
 
-        return load_model(args.init)
+        return resolve_model(args.init)
     if args.network:
         net = read_network_config(args.network)
         arch = net.pop("type", None)
@@ -151,8 +151,8 @@ def build_teacher_model(args):
 def run(args) -> int:
     import torch
 
-    from ..train.config import TrainConfig
-    from ..train_teacher import train_teacher
+    from datprl_edge.train.config import TrainConfig
+    from datprl_edge.train.teacher import train_teacher
 
     apply_threads(args)
     config = TrainConfig(**config_kwargs(args))

@@ -12,7 +12,7 @@ def register(subparsers):
 def run(args) -> int:
     import json
 
-    from ..models.registry import list_models
+    from datprl_edge.models.registry import list_models
 
     specs = list_models()
     if args.json:

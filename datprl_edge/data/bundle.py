@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import sha256_file
-from ..errors import ConfigError, InputNotFoundError
-from ..io.atomic import atomic_dir
-from .samples import MANIFEST_PATH, SAMPLES_DIR
+from datprl_edge.core.errors import ConfigError, InputNotFoundError
+from datprl_edge.data.samples import MANIFEST_PATH, SAMPLES_DIR
+from datprl_edge.io.atomic import atomic_dir
+from datprl_edge.io.checkpoint import sha256_file
 
 FORMAT = "datprl-edge-samples/1"
 GET_DEEPFOREST = ("pip download --no-deps deepforest==2.1.0 -d DIR, then pass "
@@ -200,7 +200,7 @@ def load_source(src: Source, files: PackageFiles) -> tuple[np.ndarray, dict]:
 
 
 def _load_dicom(data: bytes, src: Source) -> tuple[np.ndarray, dict]:
-    from ..io.dicom import modality_values, read_dicom
+    from datprl_edge.io.dicom import modality_values, read_dicom
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "source.dcm"
@@ -212,7 +212,7 @@ def _load_dicom(data: bytes, src: Source) -> tuple[np.ndarray, dict]:
         frame = frames // 2 if frames > 1 else None
         photometric = str(ds.PhotometricInterpretation)
         if photometric.startswith("MONOCHROME"):
-            from ..io.dicom import stored_pixels
+            from datprl_edge.io.dicom import stored_pixels
 
             values = modality_values(ds, stored_pixels(ds, src.file, frame))[0]
             lo, hi = (float(v) for v in np.percentile(values, (0.05, 99.95)))
@@ -277,7 +277,7 @@ def choose_crops(arr: np.ndarray, size: int, count: int, blank_ok: float = 0.3) 
 
 def build(out_dir: Path, archives: dict) -> dict:
     """Write every crop and MANIFEST.json into `out_dir`; returns the manifest."""
-    from ..io.images import ImageInfo, write_image
+    from datprl_edge.io.images import ImageInfo, write_image
 
     # Resolve every package first, so that a missing one fails before any work is done.
     packages = {p: PackageFiles(p, archives.get(p)) for p in dict.fromkeys(s.package for s in SOURCES)}
@@ -337,7 +337,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from ..errors import DatprlEdgeError
+    from datprl_edge.core.errors import DatprlEdgeError
 
     try:
         sys.exit(main())

@@ -1,32 +1,43 @@
 """Calibration sets for quantization (QAT, PTQ, export): recipes, building, coverage and hashes.
 
-A recipe (TOML) lists tasks with sample counts and severities; `build_calibration_set` writes one
-`<domain>__<task>.npz` per task (uint8 RGB, or uint16 single-channel for grayscale medical tasks),
-`coverage.json`, a copy of the recipe and `SHA256SUMS`, all in one atomic step.
+A calibration recipe (TOML in the top-level `calibration/` folder, or any path) lists tasks with
+sample counts and severities; `build_calibration_set` writes one `<domain>__<task>.npz` per task
+(uint8 RGB, or uint16 single-channel for grayscale medical tasks), `coverage.json`, a copy of the
+recipe and `SHA256SUMS`, all in one atomic step. `calibration_images` is how every stage gets the
+images: from a built set folder or from a recipe built on the fly.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, InputNotFoundError, OutputExistsError, UnknownChoiceError, VerificationError
-from ..io.atomic import atomic_dir
-from .tasks import get_task
+from datprl_edge.core import limits
+from datprl_edge.core.errors import (
+    ConfigError,
+    ImageReadError,
+    InputNotFoundError,
+    OutputExistsError,
+    UnknownChoiceError,
+    VerificationError,
+)
+from datprl_edge.core.resources import find_resource, list_resources
+from datprl_edge.data.tasks import get_task
+from datprl_edge.io.atomic import atomic_dir
 
 try:
     import tomllib
 except ImportError:  # Python 3.10
     import tomli as tomllib
 
-PACKAGE_RECIPES = Path(__file__).resolve().parent / "recipes"
 SPLITS = ("train", "val")
 _TOP_KEYS = {"name", "description", "seed", "crop", "split", "tasks"}
 _TASK_KEYS = {"id", "count", "severities", "crop", "split", "seed", "images"}
+DEFAULT_COUNT, DEFAULT_CROP = 16, 256  # a task the recipe does not list gets the recipes' usual counts
 
 
 @dataclass(frozen=True)
@@ -41,47 +52,32 @@ class RecipeTask:
 
 
 @dataclass(frozen=True)
-class Recipe:
+class CalibRecipe:
     name: str
     description: str
     tasks: tuple
     path: Path | None = field(default=None, compare=False)
 
 
-def recipe_dirs() -> list[Path]:
-    """Where recipe names are looked up: the source tree's `calibration/` first, then the package."""
-    repo = Path(__file__).resolve().parents[2]
-    dirs = [repo / "calibration"] if (repo / "pyproject.toml").exists() else []
-    return [d for d in dirs + [PACKAGE_RECIPES] if d.is_dir()]
+_MAX_MANIFEST_BYTES = 1 << 20  # a SHA256SUMS of a calibration set is a few hundred bytes
 
 
 def list_recipes() -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for d in reversed(recipe_dirs()):
-        found.update((p.stem, p) for p in sorted(d.glob("*.toml")))
-    return dict(sorted(found.items()))
+    """Name -> file of the calibration recipes in `calibration/`."""
+    return list_resources("calibration")
 
 
-def load_recipe(name_or_path) -> Recipe:
-    """A recipe by name (e.g. 'drone') or from a .toml path."""
-    text = str(name_or_path)
-    path = Path(text)
-    if path.suffix == ".toml" or "/" in text or "\\" in text:
-        if not path.is_file():
-            raise InputNotFoundError(f"calibration recipe not found: {path}")
-    else:
-        recipes = list_recipes()
-        if text not in recipes:
-            raise UnknownChoiceError("calibration recipe", text, recipes)
-        path = recipes[text]
+def load_calib_recipe(name_or_path) -> CalibRecipe:
+    """A calibration recipe by name (e.g. 'drone') or from a .toml path."""
+    path = find_resource("calibration", name_or_path, "calibration recipe")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path.name}: invalid TOML ({e})") from None
-    return parse_recipe(data, path)
+    return parse_calib_recipe(data, path)
 
 
-def parse_recipe(data: dict, path: Path | None = None) -> Recipe:
+def parse_calib_recipe(data: dict, path: Path | None = None) -> CalibRecipe:
     where = path.name if path else "recipe"
     _check_keys(data, _TOP_KEYS, where)
     defaults = {"seed": data.get("seed", 0), "crop": data.get("crop", 256),
@@ -106,6 +102,8 @@ def parse_recipe(data: dict, path: Path | None = None) -> Recipe:
             raise ConfigError(f"{where} task {task.id}: severities must be numbers in [0, 1], got {sev!r}")
         _check_int(t["count"], 1, f"{where} task {task.id}: count")
         _check_int(t["crop"], 8, f"{where} task {task.id}: crop")
+        limits.check("crop", t["crop"], f"{where} task {task.id}: crop")
+        limits.check("pixels", t["count"] * t["crop"] ** 2, f"{where} task {task.id}: count x crop^2")
         _check_int(t["seed"], 0, f"{where} task {task.id}: seed")
         if t["split"] not in SPLITS:
             raise UnknownChoiceError("split", str(t["split"]), SPLITS)
@@ -115,7 +113,7 @@ def parse_recipe(data: dict, path: Path | None = None) -> Recipe:
         tasks.append(RecipeTask(task.id, t["count"], tuple(float(s) for s in sev), t["crop"], t["split"],
                                 t["seed"], images))
     name = str(data.get("name", path.stem if path else "recipe"))
-    return Recipe(name, str(data.get("description", "")), tuple(tasks), path)
+    return CalibRecipe(name, str(data.get("description", "")), tuple(tasks), path)
 
 
 def _check_keys(d: dict, allowed: set, where: str) -> None:
@@ -134,16 +132,16 @@ def task_file(task_id: str) -> str:
 
 
 def _pool(rt: RecipeTask) -> list:
-    from .pairs import split_pool
+    from datprl_edge.data.pairs import split_pool
 
     if rt.images is None:
         return split_pool(rt.id, rt.split)
-    from .samples import Sample
+    from datprl_edge.data.samples import Sample
 
     folder = Path(rt.images)
     if not folder.is_dir():
         raise InputNotFoundError(f"images folder for {rt.id} not found: {folder}")
-    from .datasets import IMAGE_SUFFIXES
+    from datprl_edge.data.datasets import IMAGE_SUFFIXES
 
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -153,13 +151,13 @@ def _pool(rt: RecipeTask) -> list:
 
 
 def build_calibration_set(recipe, out_dir, *, overwrite: bool = False, progress: bool = True) -> dict:
-    """Write the calibration set of `recipe` (a Recipe, name or path) to `out_dir`; returns coverage."""
+    """Write the calibration set of `recipe` (a CalibRecipe, name or path) to `out_dir`; returns coverage."""
     from tqdm import tqdm
 
-    from ..checkpoint import sha256_file
-    from .pairs import fixed_pairs
+    from datprl_edge.data.pairs import fixed_pairs
+    from datprl_edge.io.checkpoint import sha256_file
 
-    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    recipe = recipe if isinstance(recipe, CalibRecipe) else load_calib_recipe(recipe)
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise OutputExistsError(f"{out_dir} exists; pass --overwrite or choose another output")
@@ -244,21 +242,86 @@ class CalibrationTask:
     sources: tuple
 
 
-def verify_calibration_set(set_dir) -> None:
-    """Check every file against SHA256SUMS; VerificationError names the first mismatch."""
-    from ..checkpoint import sha256_file
+def verify_calibration_set(set_dir) -> dict[str, str]:
+    """Check every file against SHA256SUMS; VerificationError names the first mismatch. Entries
+    must be plain file names inside the set (no paths), and the set's own files must all be listed.
+    Returns file name -> sha256."""
+    from datprl_edge.io.checkpoint import sha256_file
 
     set_dir = Path(set_dir)
     sums = set_dir / "SHA256SUMS"
     if not sums.is_file():
         raise InputNotFoundError(f"{sums} not found: not a calibration set (build one with `calib build`)")
-    for line in sums.read_text(encoding="utf-8").splitlines():
-        digest, name = line.split(maxsplit=1)
-        f = set_dir / name.strip()
-        if not f.is_file():
+    if sums.stat().st_size > _MAX_MANIFEST_BYTES:
+        raise VerificationError(f"calibration set {set_dir}: SHA256SUMS is {sums.stat().st_size} bytes; "
+                                "not a manifest this toolkit writes")
+    listed = _parse_sums(sums.read_text(encoding="utf-8", errors="replace"), set_dir)
+    for name, digest in listed.items():
+        f = set_dir / name
+        if not f.is_file() or f.is_symlink():
             raise VerificationError(f"calibration set {set_dir}: {name} listed in SHA256SUMS is missing")
         if sha256_file(f) != digest:
             raise VerificationError(f"calibration set {set_dir}: {name} does not match its SHA256SUMS entry")
+    if "coverage.json" not in listed:
+        raise VerificationError(f"calibration set {set_dir}: coverage.json is not listed in SHA256SUMS")
+    return listed
+
+
+def _parse_sums(text: str, set_dir: Path) -> dict[str, str]:
+    listed = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=1)
+        digest = parts[0].lower()
+        name = parts[1].strip().lstrip("*") if len(parts) == 2 else ""
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest) or not name:
+            raise VerificationError(f"calibration set {set_dir}: SHA256SUMS line {n} is not "
+                                    "'<sha256>  <file name>'")
+        if name != Path(name).name or name in (".", "..") or "\\" in name:
+            raise VerificationError(f"calibration set {set_dir}: SHA256SUMS line {n} names {name[:80]!r}, "
+                                    "which is not a file of the set (paths are not allowed)")
+        listed[name] = digest
+    if not listed:
+        raise VerificationError(f"calibration set {set_dir}: SHA256SUMS lists no files")
+    return listed
+
+
+def _read_coverage(set_dir: Path) -> list[dict]:
+    """The task entries of coverage.json, each checked: a known task id whose file exists."""
+    path = set_dir / "coverage.json"
+    try:
+        coverage = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"calibration set {set_dir}: coverage.json is not valid JSON "
+                          f"({str(e).splitlines()[0][:80]})") from None
+    tasks = coverage.get("tasks") if isinstance(coverage, dict) else None
+    if not isinstance(tasks, list) or not tasks or not all(isinstance(t, dict) and "id" in t for t in tasks):
+        raise ConfigError(f"calibration set {set_dir}: coverage.json needs a non-empty 'tasks' list of "
+                          "{\"id\": ...} entries; rebuild the set with `calib build`")
+    return tasks
+
+
+def _load_task_file(path: Path) -> dict:
+    """The arrays of one task file (.npz, no pickles), declared sizes checked before decompression."""
+    import zipfile
+
+    keys = ("lq", "gt", "sources", "severity")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for key in keys:
+                with zf.open(f"{key}.npy") as f:
+                    fmt = np.lib.format
+                    major, _ = fmt.read_magic(f)
+                    shape = (fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0)(f)[0]
+                if key in ("lq", "gt"):  # (N, H, W, C) stored
+                    limits.check("pixels", int(np.prod(shape[:-1], dtype=np.float64)),
+                                 f"{path.name} {key} {tuple(shape)}")
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in keys}
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ImageReadError(f"cannot read {path.name}: corrupt calibration task file "
+                             f"({str(e).splitlines()[0][:80] if str(e) else type(e).__name__})") from None
 
 
 def load_calibration_set(set_dir, *, verify: bool = True) -> dict[str, CalibrationTask]:
@@ -266,33 +329,79 @@ def load_calibration_set(set_dir, *, verify: bool = True) -> dict[str, Calibrati
     set_dir = Path(set_dir)
     if not set_dir.is_dir():
         raise InputNotFoundError(f"calibration set not found: {set_dir}")
-    if verify:
-        verify_calibration_set(set_dir)
-    coverage = json.loads((set_dir / "coverage.json").read_text(encoding="utf-8"))
+    listed = verify_calibration_set(set_dir) if verify else None
     out = {}
-    for t in coverage["tasks"]:
-        task = get_task(t["id"])
-        with np.load(set_dir / task_file(task.id)) as z:
-            arrays = {k: _unpack(z[k]) for k in ("lq", "gt")}
-            sources = tuple(str(s) for s in z["sources"])
-            out[task.id] = CalibrationTask(task.id, task.domain, arrays["lq"], arrays["gt"],
-                                           z["severity"].astype(np.float32), sources)
+    for t in _read_coverage(set_dir):
+        task = get_task(str(t["id"]))
+        name = task_file(task.id)
+        if listed is not None and name not in listed:
+            raise VerificationError(f"calibration set {set_dir}: {name} is not listed in SHA256SUMS")
+        if not (set_dir / name).is_file():
+            raise InputNotFoundError(f"calibration set {set_dir}: {name} is missing")
+        z = _load_task_file(set_dir / name)
+        out[task.id] = CalibrationTask(task.id, task.domain, _unpack(z["lq"]), _unpack(z["gt"]),
+                                       z["severity"].astype(np.float32), tuple(str(s) for s in z["sources"]))
     return out
 
 
-def calibration_items(spec) -> list[dict]:
-    """Flat list of {'lq', 'gt' (float32 CHW), 'task', 'domain', 'severity'} from a built set folder,
-    or from a recipe (name, path or Recipe) built into a temporary folder (same values as a build)."""
+@dataclass(frozen=True, eq=False)
+class CalibrationImages:
+    """The pairs of a calibration set or recipe: task id -> CalibrationTask, in the recipe's order."""
+
+    tasks: dict
+    description: str  # "calibration set PATH" or "calibration recipe 'NAME'"
+
+    def pairs(self) -> list[dict]:
+        """Flat list of {'lq', 'gt' (float32 CHW), 'task', 'domain', 'severity'} (what QAT takes)."""
+        return [{"lq": t.lq[i], "gt": t.gt[i], "task": t.task, "domain": t.domain,
+                 "severity": float(t.severity[i])} for t in self.tasks.values() for i in range(len(t.lq))]
+
+
+def calibration_images(spec, *, tasks=None, count: int | None = None,
+                       crop: int | None = None) -> CalibrationImages:
+    """The calibration pairs of `spec`: a built set folder (verified against its SHA256SUMS), or a
+    recipe (name, .toml path or CalibRecipe) built into a temporary folder, same values as a build.
+
+    `tasks`: only these task ids, in this order (a set must hold them; a recipe that does not list
+    one builds it with DEFAULT_COUNT pairs of DEFAULT_CROP at the default severity). `count`: at most
+    this many pairs per task. `crop`: a set's pairs are centre-cropped to at most this size; a
+    recipe is built at it.
+    """
     import tempfile
 
-    if not isinstance(spec, Recipe) and Path(str(spec)).is_dir():
-        tasks = load_calibration_set(spec)
-    else:
-        with tempfile.TemporaryDirectory(prefix="datprl-calib-") as tmp:
-            build_calibration_set(spec, Path(tmp) / "set", progress=False)
-            tasks = load_calibration_set(Path(tmp) / "set")
-    return [{"lq": t.lq[i], "gt": t.gt[i], "task": t.task, "domain": t.domain,
-             "severity": float(t.severity[i])} for t in tasks.values() for i in range(len(t.lq))]
+    wanted = None if tasks is None else [get_task(t).id for t in tasks]
+    if not isinstance(spec, CalibRecipe) and Path(str(spec)).is_dir():
+        folder = Path(str(spec))
+        loaded = load_calibration_set(folder)
+        for t in wanted or ():
+            if t not in loaded:
+                raise UnknownChoiceError(f"task in calibration set {folder.name}", t, loaded)
+        chosen = {t: _cut(loaded[t], count, crop) for t in (wanted or loaded)}
+        return CalibrationImages(chosen, f"calibration set {spec}")
+    recipe = spec if isinstance(spec, CalibRecipe) else load_calib_recipe(spec)
+    described = f"calibration recipe {recipe.name!r}"
+    if wanted is not None or count or crop:
+        listed = {rt.id: rt for rt in recipe.tasks}
+        picked = []
+        for t in wanted or listed:
+            rt = listed.get(t) or RecipeTask(t, DEFAULT_COUNT, (get_task(t).default_severity,), DEFAULT_CROP,
+                                             "train", 0)
+            picked.append(replace(rt, count=count or rt.count, crop=crop or rt.crop))
+        recipe = replace(recipe, tasks=tuple(picked), path=None)
+    with tempfile.TemporaryDirectory(prefix="datprl-calib-") as tmp:
+        build_calibration_set(recipe, Path(tmp) / "set", progress=False)
+        return CalibrationImages(load_calibration_set(Path(tmp) / "set"), described)
+
+
+def _cut(t: CalibrationTask, count: int | None, crop: int | None) -> CalibrationTask:
+    """The first `count` pairs of a task, centre-cropped to at most `crop` pixels per side."""
+    n = slice(None, count or None)
+    lq, gt = t.lq[n], t.gt[n]
+    if crop is not None and (lq.shape[2] > crop or lq.shape[3] > crop):
+        h, w = min(crop, lq.shape[2]), min(crop, lq.shape[3])
+        top, left = (lq.shape[2] - h) // 2, (lq.shape[3] - w) // 2
+        lq, gt = (a[:, :, top:top + h, left:left + w] for a in (lq, gt))
+    return CalibrationTask(t.task, t.domain, lq, gt, t.severity[n], t.sources[n])
 
 
 def _unpack(arr: np.ndarray) -> np.ndarray:

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError, InputNotFoundError
-from .pairs import fixed_pairs, item_seed, load_image, make_pair, task_pool
-from .tasks import get_task, resolve_tasks
+from datprl_edge.core.errors import ConfigError, InputNotFoundError
+from datprl_edge.data.pairs import fixed_pairs, item_seed, load_image, make_pair, task_pool
+from datprl_edge.data.tasks import get_task, resolve_tasks
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".npy")
 
@@ -57,7 +57,7 @@ class PairedFolderDataset(Dataset):
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> dict:
-        from ..io.images import read_image
+        from datprl_edge.io.images import read_image
 
         gt_path, lq_path = self.pairs[index]
         gt, lq = (_rgb(read_image(p)[0]) for p in (gt_path, lq_path))
@@ -85,7 +85,7 @@ class SyntheticDataset(Dataset):
     def __init__(self, samples=None, tasks="9task", severities=None, crop: int = 128, length: int = 1000,
                  seed: int = 0):
         if samples is None:
-            from .samples import list_samples
+            from datprl_edge.data.samples import list_samples
 
             samples = list_samples(split="train")
         self.tasks = resolve_tasks(tasks)

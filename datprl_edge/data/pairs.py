@@ -11,8 +11,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..errors import ConfigError
-from .tasks import Task, get_task
+from datprl_edge.core.errors import ConfigError
+from datprl_edge.data.tasks import Task, get_task
 
 
 def task_pool(task, samples) -> list:
@@ -28,7 +28,7 @@ def task_pool(task, samples) -> list:
 
 def split_pool(task, split: str) -> list:
     """The bundled samples of `split` for `task`; a ConfigError if there are none."""
-    from .samples import list_samples
+    from datprl_edge.data.samples import list_samples
 
     task = get_task(task)
     pool = task_pool(task, list_samples(domain=task.domain, split=split))
@@ -40,7 +40,7 @@ def split_pool(task, split: str) -> list:
 @lru_cache(maxsize=256)
 def load_image(sample) -> np.ndarray:
     """A sample as float32 (H, W, 3), cached in memory (read-only array)."""
-    from .samples import load_sample
+    from datprl_edge.data.samples import load_sample
 
     img = load_sample(sample)
     img.flags.writeable = False

@@ -6,16 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MissingBackendError
-from ..io.atomic import atomic_path
-from .pairs import Pair, fixed_pairs
-from .tasks import resolve_tasks
-
-
-def psnr(gt: np.ndarray, lq: np.ndarray) -> float:
-    from skimage.metrics import peak_signal_noise_ratio
-
-    return float(peak_signal_noise_ratio(gt, lq, data_range=1.0))
+from datprl_edge.core.errors import MissingBackendError
+from datprl_edge.core.metrics import psnr
+from datprl_edge.data.pairs import Pair, fixed_pairs
+from datprl_edge.data.tasks import resolve_tasks
+from datprl_edge.io.atomic import atomic_path
 
 
 def preview_pairs(tasks, size: int = 256, seed: int = 0, severity: float | None = None, index: int = 0,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UnknownChoiceError
+from datprl_edge.core.errors import UnknownChoiceError
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 MANIFEST_PATH = SAMPLES_DIR / "MANIFEST.json"
@@ -62,7 +62,7 @@ def list_samples(domain: str | None = None, split: str | None = None) -> list[Sa
 
 def load_sample(sample: Sample) -> np.ndarray:
     """Float32 (H, W, 3) RGB in [0, 1]; grayscale is replicated to three channels."""
-    from ..io.images import read_image
+    from datprl_edge.io.images import read_image
 
     arr, _ = read_image(sample.path)
     if arr.shape[2] == 1:

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import ConfigError, UnknownChoiceError
-from . import degrade as D
-from .degrade import shifted as S
-from .degrade._common import check_image, check_severity, gray3, luminance
+from datprl_edge.core.errors import ConfigError, UnknownChoiceError
+from datprl_edge.data import degrade as D
+from datprl_edge.data.degrade import shifted as S
+from datprl_edge.data.degrade._common import check_image, check_severity, gray3, luminance
 
 DOMAINS = ("natural", "medical", "remote")
 TRAIN_SPREAD = 0.15  # default training severity range: the default +- this, clipped to [0, 1]
@@ -157,6 +157,11 @@ def get_task(task_id: str) -> Task:
         return TASKS[task_id]
     except KeyError:
         raise UnknownChoiceError("task", str(task_id), TASKS) from None
+
+
+def degrade(task_id: str, image, severity: float | None = None, seed=0) -> np.ndarray:
+    """Apply the degradation of task `task_id` (None severity: the task's default)."""
+    return get_task(task_id).degrade(image, severity, seed)
 
 
 def task_set(name: str) -> tuple[str, ...]:

@@ -12,14 +12,16 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
-from ..errors import ChannelCountError, ConfigError, ImageReadError, InputNotFoundError
-from .atomic import atomic_path
+from datprl_edge.core import limits
+from datprl_edge.core.errors import ChannelCountError, ConfigError, ImageReadError, InputNotFoundError
+from datprl_edge.core.version import __version__
+from datprl_edge.io.atomic import atomic_path
 
 WINDOW_CHOICES = ("full", "file")
 _SWAP_BYTES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
@@ -86,6 +88,9 @@ def stored_pixels(ds, name: str = "DICOM file", frame: int | None = None) -> np.
     frame = frame or 0
     if not 0 <= frame < frames:
         raise ConfigError(f"{name} has {frames} frame(s); frame {frame} does not exist")
+    rows, cols = int(_number(ds, "Rows", 0)), int(_number(ds, "Columns", 0))
+    limits.check_image(rows, cols, name)  # before pydicom decodes anything
+    limits.check("pixels", rows * cols * frames, f"{name} ({frames} frames of {rows}x{cols})")
     try:
         arr = ds.pixel_array
     except Exception as e:  # missing decoders, truncated pixel data
@@ -99,8 +104,10 @@ def modality_values(ds, stored: np.ndarray) -> tuple[np.ndarray, float, float, b
     """(values after the modality transform as float64, slope, intercept, is_linear)."""
     from pydicom.pixels import apply_modality_lut
 
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    slope = _number(ds, "RescaleSlope", 1.0)
+    intercept = _number(ds, "RescaleIntercept", 0.0)
+    if slope == 0:
+        raise ImageReadError("the DICOM file has RescaleSlope 0: every pixel would map to one value")
     if "ModalityLUTSequence" in ds:
         return np.asarray(apply_modality_lut(stored, ds), dtype=np.float64), slope, intercept, False
     return stored.astype(np.float64) * slope + intercept, slope, intercept, True
@@ -216,7 +223,7 @@ def _window_bounds(ds, values: np.ndarray, window) -> tuple[float, float]:
     elif window == "file":
         if "WindowCenter" not in ds or "WindowWidth" not in ds:
             return _window_bounds(ds, values, "full")
-        center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+        center, width = _first(ds, "WindowCenter"), _first(ds, "WindowWidth")
         lo, hi = center - width / 2.0, center + width / 2.0
     elif isinstance(window, tuple) and len(window) == 2:
         center, width = float(window[0]), float(window[1])
@@ -290,11 +297,37 @@ def _was_lossy(ds) -> bool:
     return bool(ts is not None and ts.is_compressed and "Lossless" not in ts.name)
 
 
-def _first(value) -> float:
+def _first(ds, keyword: str) -> float:
+    """The first of a possibly multi-valued numeric attribute (window centre/width may list several)."""
+    from pydicom.multival import MultiValue
+
+    value = ds.get(keyword)
+    values = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
+    if not values or values[0] is None or str(values[0]).strip() == "":
+        raise ImageReadError(f"the DICOM file's {keyword} is empty: use --window full or --window C,W")
+    return _finite(values[0], keyword)
+
+
+def _number(ds, keyword: str, default: float) -> float:
+    """A single-valued numeric attribute (absent or empty: `default`); anything else is one error."""
+    from pydicom.multival import MultiValue
+
+    value = ds.get(keyword)
+    if value is None or str(value).strip() == "":
+        return float(default)
+    if isinstance(value, (list, tuple, MultiValue)):
+        raise ImageReadError(f"the DICOM file's {keyword} holds {len(value)} values; expected one number")
+    return _finite(value, keyword)
+
+
+def _finite(value, keyword: str) -> float:
     try:
-        return float(value[0])
-    except TypeError:
-        return float(value)
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ImageReadError(f"the DICOM file's {keyword} is not a number: {str(value)[:40]!r}") from None
+    if not math.isfinite(number):
+        raise ImageReadError(f"the DICOM file's {keyword} is {number}; expected a finite number")
+    return number
 
 
 def _first_line(e: BaseException) -> str:

@@ -7,20 +7,23 @@ input's format, dtype, bit depth and shape. Integer images round-trip exactly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import (
+from datprl_edge.core import limits
+from datprl_edge.core.errors import (
     ChannelCountError,
     ImageReadError,
     InputNotFoundError,
     NonFiniteInputError,
+    ResourceLimitError,
     UnknownChoiceError,
 )
-from .atomic import atomic_path
+from datprl_edge.io.atomic import atomic_path
 
 # Suffix -> format name. DICOM (.dcm) is handled by `datprl_edge.io.dicom`.
 FORMATS = {".png": "png", ".tif": "tiff", ".tiff": "tiff", ".npy": "npy", ".jpg": "jpeg", ".jpeg": "jpeg"}
@@ -151,11 +154,13 @@ def _fail(path: Path, e: BaseException) -> ImageReadError:
 
 
 def _png_header(path: Path) -> tuple[int, int]:
-    """(bit depth, colour type) from the PNG IHDR chunk."""
+    """(bit depth, colour type) from the PNG IHDR chunk, after checking the size it declares."""
     with open(path, "rb") as f:
         head = f.read(33)
     if len(head) < 26 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
         raise ImageReadError(f"cannot read {path.name}: not a PNG file (bad signature or header)")
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    limits.check_image(height, width, path.name)
     return head[24], head[25]
 
 
@@ -182,11 +187,26 @@ def _read_png16_rgb(path: Path) -> np.ndarray:
     return arr.reshape(height, width, meta["planes"])
 
 
+@contextlib.contextmanager
+def _without_pillow_limit(Image):
+    """Pillow's decompression-bomb check off while opening (only the header is read): our own
+    limit (`core.limits`) is checked on the declared size right after, before any decoding."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
 def _read_pillow(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with _without_pillow_limit(Image):
+            im_ctx = Image.open(path)
+        with im_ctx as im:
+            limits.check_image(im.size[1], im.size[0], path.name)  # before decoding any pixel
             im.load()
             mode = im.mode
             if mode == "P":
@@ -201,6 +221,9 @@ def _read_pillow(path: Path) -> np.ndarray:
                     f"{path.name} has {len(im.getbands())} channels ({mode}); accepted: {ACCEPTED_CHANNELS}"
                 )
             arr = np.asarray(im)
+    except Image.DecompressionBombError:
+        raise ResourceLimitError(f"{path.name} declares more pixels than Pillow's own limit "
+                                        f"({Image.MAX_IMAGE_PIXELS * 2} pixels)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, zlib.error, EOFError) as e:
         raise _fail(path, e) from None
     if mode in ("I;16", "I;16B", "I;16L"):
@@ -226,8 +249,9 @@ def _read_tiff(path: Path) -> np.ndarray:
             else:
                 series = tif.series[0]
                 axes = series.axes
+                _check_tiff_size(series, path)
                 arr = series.asarray()
-    except ImageReadError:
+    except (ImageReadError, ResourceLimitError):
         raise
     except ValueError as e:
         if "imagecodecs" in str(e):
@@ -250,7 +274,37 @@ def _read_tiff(path: Path) -> np.ndarray:
     return arr
 
 
+def _check_tiff_size(series, path: Path) -> None:
+    """Pixel limit from the TIFF's declared shape (no pixel decoded yet)."""
+    axes, shape = series.axes, series.shape
+    if "Y" in axes and "X" in axes:
+        limits.check_image(shape[axes.index("Y")], shape[axes.index("X")], path.name)
+    limits.check("pixels", int(np.prod(shape, dtype=np.float64)) // max(1, _samples(axes, shape)),
+                 f"{path.name} ({axes} {tuple(shape)})")
+
+
+def _samples(axes: str, shape) -> int:
+    return int(shape[axes.index("S")]) if "S" in axes else 1
+
+
+def _npy_shape(path: Path) -> tuple:
+    """The array shape an .npy header declares, read without touching the data."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            major, _ = fmt.read_magic(f)
+            header = fmt.read_array_header_1_0(f) if major == 1 else fmt.read_array_header_2_0(f)
+    except (ValueError, OSError, EOFError, SyntaxError) as e:
+        raise _fail(path, e) from None
+    return tuple(int(v) for v in header[0])
+
+
 def _read_npy(path: Path) -> np.ndarray:
+    shape = _npy_shape(path)
+    if len(shape) in (2, 3):
+        limits.check_image(shape[0], shape[1], path.name)
+    else:
+        limits.check("pixels", int(np.prod(shape, dtype=np.float64)), f"{path.name} {shape}")
     try:
         arr = np.load(path, allow_pickle=False)
     except ValueError as e:

@@ -22,7 +22,7 @@ import dataclasses
 import statistics
 import time
 
-from ..errors import ConfigError
+from datprl_edge.core.errors import ConfigError
 
 DEFAULT_SHAPE = (1, 3, 256, 256)
 OTHER_STAGE = "(top level)"

@@ -13,11 +13,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from .folded_prompt import FoldedFiLM, FoldedPromptPool, assign, conv1x1_matrix
-from .registry import register_arch
-from .student import EdgeDATPRL, _check_options
-from .student_blocks import EdgeBlock
+from datprl_edge.core.errors import ConfigError
+from datprl_edge.models.folded_prompt import FoldedFiLM, FoldedPromptPool, assign, conv1x1_matrix
+from datprl_edge.models.registry import register_arch
+from datprl_edge.models.student import EdgeDATPRL, _check_options
+from datprl_edge.models.student_blocks import EdgeBlock
 
 STATIC_ARCH = "EdgeDATPRLStatic"
 DYNAMIC_ARCH = "EdgeDATPRLDynamic"

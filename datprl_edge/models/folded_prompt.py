@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .prompt_pool import SELECTION_NOISE, TEMPERATURE_RANGE, PromptPool, Routing
-from .student_blocks import FiLMTerms, GatedFiLM
+from datprl_edge.models.prompt_pool import SELECTION_NOISE, TEMPERATURE_RANGE, PromptPool, Routing
+from datprl_edge.models.student_blocks import FiLMTerms, GatedFiLM
 
 PROMPT_LN_EPS = 1e-5  # every nn.LayerNorm of the prompt path
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .folded_prompt import (
+from datprl_edge.models.folded_prompt import (
     FoldedPromptPool,
     PromptAffine,
     PromptBias,
@@ -32,9 +32,9 @@ from .folded_prompt import (
     set_conv1x1,
     set_linear,
 )
-from .nafnet import DualPromptNAFNetv3, NAFBlock, _simple_gate
-from .registry import register_arch
-from .restormer import GDFN, MDTA, DualPromptRestormerv3, RestormerBlock
+from datprl_edge.models.nafnet import DualPromptNAFNetv3, NAFBlock, _simple_gate
+from datprl_edge.models.registry import register_arch
+from datprl_edge.models.restormer import GDFN, MDTA, DualPromptRestormerv3, RestormerBlock
 
 RESTORMER_DYNAMIC = "DualPromptRestormerv3Dynamic"
 NAFNET_DYNAMIC = "DualPromptNAFNetv3Dynamic"

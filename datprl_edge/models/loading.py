@@ -1,20 +1,24 @@
-"""`load_model`: one entry point for released DATPRL-IR checkpoints and the toolkit's own ones."""
+"""`load_model`: the torch model of a released DATPRL-IR checkpoint or of one of the toolkit's own.
+
+What a MODEL argument names (these, a registry name, a QAT checkpoint or an exported artifact) is
+decided once, above every stage, by `datprl_edge.sources` (`datprl_edge.load_model`)."""
 
 from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 
-from ..checkpoint import read_checkpoint
-from ..errors import (
+from datprl_edge.core.errors import (
     CheckpointError,
     ConfigError,
     InputNotFoundError,
     PickledCheckpointError,
     StateDictMismatchError,
 )
-from .registry import create_model
+from datprl_edge.io.checkpoint import read_checkpoint
+from datprl_edge.models.registry import create_model, list_archs
 
 BUNDLED_PREFIX = "bundled:"
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -37,6 +41,10 @@ def load_model(path, network=None):
         raise CheckpointError(f"{path} is a folder; pass the checkpoint file inside it")
     if network is None and _is_safetensors(path):
         state, cfg = read_checkpoint(path)
+        if cfg.stage == "qat" and cfg.arch not in list_archs():
+            raise CheckpointError(f"{path.name} is a QAT checkpoint ({cfg.arch}), which the models stage "
+                                  "cannot build on its own; load it with datprl_edge.load_model "
+                                  "(datprl_edge.sources)")
         model = create_model(cfg.arch, **cfg.options)
         load_state_strict(model, state, source=path)
         model.datprl_checkpoint = cfg
@@ -60,7 +68,7 @@ def bundled_path(name: str) -> Path:
     candidates = sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors")) if WEIGHTS_DIR.is_dir() else []
     p = WEIGHTS_DIR / f"{name}.safetensors"
     if not p.is_file():
-        from ..errors import UnknownChoiceError
+        from datprl_edge.core.errors import UnknownChoiceError
 
         if candidates:
             raise UnknownChoiceError("bundled model", name, candidates)
@@ -111,9 +119,11 @@ def read_state_dict(path) -> dict:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        what = f" (it needs {found.group(1)})" if found else ""
         raise PickledCheckpointError(
-            f"{path.name} holds pickled Python objects, not plain tensors; refusing to unpickle it "
-            f"({str(e).splitlines()[0][:120]}). Re-save it as {{'params': state_dict}}"
+            f"{path.name} holds pickled Python objects, not plain tensors; refusing to unpickle it{what}. "
+            "Re-save it as {'params': state_dict}"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {path.name}: {str(e).splitlines()[0][:160]}") from None

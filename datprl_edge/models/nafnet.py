@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from .channel_norms import LayerNorm2d
-from .prompt_modules import DualPromptMixin, GatedFusionMixin
-from .registry import register_arch, register_model
-from .teacher_common import (
+from datprl_edge.core.errors import ConfigError
+from datprl_edge.models.channel_norms import LayerNorm2d
+from datprl_edge.models.prompt_modules import DualPromptMixin, GatedFusionMixin
+from datprl_edge.models.registry import register_arch, register_model
+from datprl_edge.models.teacher_common import (
     check_int,
     check_int_list,
     crop_to,

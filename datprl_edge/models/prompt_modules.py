@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from .prompt_pool import PromptPool
+from datprl_edge.models.prompt_pool import PromptPool
 
 PROMPT_FUSION_METHODS = ("cross_attention", "concat")
 BLOCK_FUSION_METHODS = ("cross_attention", "concat", "adaptive_modulation")

@@ -11,10 +11,21 @@ import dataclasses
 import importlib
 from collections.abc import Callable
 
-from ..errors import UnknownArchitectureError, UnknownChoiceError
+from datprl_edge.core.errors import (
+    DatprlEdgeError,
+    ResourceLimitError,
+    UnknownArchitectureError,
+    UnknownChoiceError,
+)
 
-# Modules that register architectures and named models when imported.
-_BUILTIN_MODULES = ("restormer", "nafnet", "student", "quantized", "folded", "folded_teacher")
+# Modules that register architectures and named models when imported. Stages above models register
+# their own: quantize's "QuantizedModel" is registered by `datprl_edge.sources` before a QAT checkpoint
+# is loaded.
+_BUILTIN_MODULES = ("datprl_edge.models.restormer", "datprl_edge.models.nafnet", "datprl_edge.models.student",
+                    "datprl_edge.models.folded", "datprl_edge.models.folded_teacher")
+
+# Bounds on option values checked before a model of an unregistered config is even counted.
+_MAX_OPTION, _MAX_LIST, _MAX_LIST_SUM = 16384, 64, 1024
 
 _ARCHS: dict[str, Callable] = {}
 _MODELS: dict[str, ModelSpec] = {}
@@ -48,7 +59,7 @@ def _ensure_loaded() -> None:
     global _loaded
     if not _loaded:
         for mod in _BUILTIN_MODULES:
-            importlib.import_module(f"{__package__}.{mod}")
+            importlib.import_module(mod)
         _loaded = True
 
 
@@ -82,12 +93,55 @@ def create_model(name: str, **options):
     """
     arch, opts = resolve(name)
     opts.update(options)
-    try:
-        model = _ARCHS[arch](**opts)
-    except TypeError as e:
-        raise UnknownArchitectureError(f"bad options for {arch}: {e}") from None
+    if not _registered_config(arch, opts):
+        check_model_size(arch, opts)
+    model = _build(arch, opts)
     model.datprl_config = {"arch": arch, "options": opts, "name": name}
     return model.eval()
+
+
+def _build(arch: str, opts: dict):
+    try:
+        return _ARCHS[arch](**opts)
+    except TypeError as e:
+        raise UnknownArchitectureError(f"bad options for {arch}: {e}") from None
+
+
+def _registered_config(arch: str, opts: dict) -> bool:
+    """Whether (arch, options) is exactly one of the registered models (sizes known and sane)."""
+    return any(spec.arch == arch and spec.defaults == opts for spec in _MODELS.values())
+
+
+def check_model_size(arch: str, opts: dict) -> None:
+    """Refuse a config whose model would be too large, before it is built: option values first
+    (bounded so that even counting is quick), then parameters and MACs of a copy built on torch's
+    meta device (no memory). Limits: `datprl_edge.core.limits` (params, macs)."""
+    import torch
+
+    from datprl_edge.core import limits
+    from datprl_edge.models.complexity import count_macs
+
+    for key, value in opts.items():
+        if isinstance(value, (list, tuple)):
+            ints = [v for v in value if isinstance(v, int) and not isinstance(v, bool)]
+            bad = len(value) > _MAX_LIST or sum(abs(v) for v in ints) > _MAX_LIST_SUM
+        else:
+            bad = isinstance(value, int) and not isinstance(value, bool) and abs(value) > _MAX_OPTION
+        if bad:
+            raise ResourceLimitError(
+                f"{arch} option {key} = {str(value)[:60]} is far beyond any model this toolkit builds "
+                f"(numbers up to {_MAX_OPTION}; lists up to {_MAX_LIST} long, summing to {_MAX_LIST_SUM})")
+    with torch.device("meta"):
+        model = _build(arch, opts)
+    params = sum(p.numel() for p in model.parameters())
+    limits.check("params", params, f"{arch} with these options")
+    try:
+        macs = count_macs(model.eval(), (1, int(opts.get("img_channel", 3) or 3), 256, 256)).total
+    except DatprlEdgeError:
+        raise
+    except Exception:  # noqa: BLE001 - an architecture the meta counter cannot trace: params decide
+        return
+    limits.check("macs", macs, f"{arch} with these options at 256x256")
 
 
 def model_config(model) -> tuple[str, dict]:

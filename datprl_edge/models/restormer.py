@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from .channel_norms import LAYERNORM_TYPES, RestormerLayerNorm
-from .prompt_modules import DualPromptMixin, GatedFusionMixin
-from .registry import register_arch, register_model
-from .teacher_common import (
+from datprl_edge.core.errors import ConfigError
+from datprl_edge.models.channel_norms import LAYERNORM_TYPES, RestormerLayerNorm
+from datprl_edge.models.prompt_modules import DualPromptMixin, GatedFusionMixin
+from datprl_edge.models.registry import register_arch, register_model
+from datprl_edge.models.teacher_common import (
     check_bool,
     check_choice,
     check_int,

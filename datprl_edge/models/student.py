@@ -18,10 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ChannelCountError, ConfigError
-from .prompt_pool import PromptPool, Routing
-from .registry import register_arch, register_model
-from .student_blocks import EdgeBlock, FiLMTerms, PromptOverride, QueryMapper, override_weights
+from datprl_edge.core.errors import ChannelCountError, ConfigError
+from datprl_edge.models.prompt_pool import PromptPool, Routing
+from datprl_edge.models.registry import register_arch, register_model
+from datprl_edge.models.student_blocks import (
+    EdgeBlock,
+    FiLMTerms,
+    PromptOverride,
+    QueryMapper,
+    override_weights,
+)
 
 __all__ = ["EdgeDATPRL", "PromptConditioning", "PromptOverride", "FiLMTerms"]
 

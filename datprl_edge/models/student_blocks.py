@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from datprl_edge.core.errors import ConfigError
 
 
 class FiLMTerms(NamedTuple):

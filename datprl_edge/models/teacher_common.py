@@ -11,8 +11,13 @@ import difflib
 import torch
 import torch.nn.functional as F
 
-from ..errors import ChannelCountError, ConfigError, UnknownChoiceError
-from .prompt_modules import BLOCK_FUSION_METHODS, PROMPT_FUSION_HEADS, PROMPT_FUSION_METHODS, PromptConfig
+from datprl_edge.core.errors import ChannelCountError, ConfigError, UnknownChoiceError
+from datprl_edge.models.prompt_modules import (
+    BLOCK_FUSION_METHODS,
+    PROMPT_FUSION_HEADS,
+    PROMPT_FUSION_METHODS,
+    PromptConfig,
+)
 
 
 def resolve_options(arch: str, given: dict, defaults: dict) -> dict:

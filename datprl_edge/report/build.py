@@ -8,14 +8,14 @@ import json
 import time
 from pathlib import Path
 
-from ..errors import ConfigError
-from ..io.atomic import atomic_path, check_output
-from . import html as H
-from .collect import RunData, collect
-from .headline import load_headline
-from .plots import pareto_front, pareto_plot, pareto_points, task_bars
-from .recommend import DEFAULT_MAX_DROP, Recommendation, recommend
-from .tables import Table, artifacts_table, latency_table, psnr_table, stages_table
+from datprl_edge.core.errors import ConfigError
+from datprl_edge.io.atomic import atomic_path, check_output
+from datprl_edge.report import html as H
+from datprl_edge.report.collect import RunData, collect
+from datprl_edge.report.headline import load_headline
+from datprl_edge.report.plots import pareto_front, pareto_plot, pareto_points, task_bars
+from datprl_edge.report.recommend import DEFAULT_MAX_DROP, Recommendation, recommend
+from datprl_edge.report.tables import Table, artifacts_table, latency_table, psnr_table, stages_table
 
 SCHEMA = "datprl-edge-report/1"
 
@@ -39,7 +39,7 @@ def build_report(run_dir, out_html, *, budget_ms: float | None = None,
                  max_drop: float | None = DEFAULT_MAX_DROP, shape=None,
                  overwrite: bool = True) -> ReportResult:
     """Write the report of `run_dir`; every figure in it is read from the run folder's JSON files."""
-    from .. import __version__
+    from datprl_edge.core.version import __version__
 
     paths = output_paths(out_html)
     run = collect(run_dir)
@@ -114,7 +114,7 @@ def _artifact_json(a, shape) -> dict:
 def _visual_pngs(run: RunData) -> list:
     if not run.visuals:
         return []
-    from .visuals import render_task
+    from datprl_edge.report.visuals import render_task
 
     return [(entry, render_task(entry, run.visuals_dir)) for entry in run.visuals.get("tasks", [])]
 
@@ -135,7 +135,7 @@ def _visuals_html(run: RunData, visuals: list) -> str:
 
 def _harm_html(run: RunData) -> str:
     """Thumbnails of the worst harmed image per model and task, where the eval saved crops of them."""
-    from .tables import model_columns
+    from datprl_edge.report.tables import model_columns
 
     out = []
     for label, entry in model_columns(run)[1:]:
@@ -165,7 +165,7 @@ def _sources_html(run: RunData) -> str:
     for kind, files in run.sources.items():
         if files:
             items.append(f"<li>{H.e(kind)}: " + ", ".join(f"<code>{H.e(f)}</code>" for f in files) + "</li>")
-    from .tables import bench_caption, eval_caption
+    from datprl_edge.report.tables import bench_caption, eval_caption
 
     items.append(f"<li>Latency: {H.e(bench_caption(run))}</li>")
     items.append(f"<li>PSNR/SSIM: {H.e(eval_caption(run))}</li>")

@@ -8,7 +8,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ..errors import ConfigError, InputNotFoundError
+from datprl_edge.core.errors import ConfigError, InputNotFoundError
+from datprl_edge.core.targets import target_names
 
 BENCH_SCHEMA = "datprl-edge-bench/"
 EVAL_SCHEMA = "datprl-edge-eval/"
@@ -200,7 +201,7 @@ def _artifacts(exports, bench, ev) -> list:
                                                    _PRECISION_ORDER.get(a.precision, 9), a.name))
 
 
-_TARGET_ORDER = {"onnx": 0, "openvino": 1, "coreml": 2}
+_TARGET_ORDER = {name: i for i, name in enumerate(target_names())}  # the table's order
 _PRECISION_ORDER = {"fp32": 0, "fp16": 1, "int8": 2}
 
 
@@ -210,7 +211,7 @@ def _precision(name: str) -> str:
 
 
 def _target(name: str) -> str:
-    from ..targets import target_for_suffix
+    from datprl_edge.core.targets import target_for_suffix
 
     spec = target_for_suffix(name)
     return spec.name if spec else "?"

@@ -8,9 +8,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ..errors import ConfigError
-from . import html as H
-from .tables import Table
+from datprl_edge.core.errors import ConfigError
+from datprl_edge.report import html as H
+from datprl_edge.report.tables import Table
 
 SUITES = ("speedup_256", "int8_vs_fp32", "ct_512", "frame_4k")
 TITLE = "Edge targets"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import html
 
-from .tables import Table
+from datprl_edge.report.tables import Table
 
 CSS = """
 body{font-family:-apple-system,'Segoe UI',Roboto,'DejaVu Sans',sans-serif;margin:24px auto;max-width:1320px;

@@ -6,10 +6,11 @@ from __future__ import annotations
 import io
 import math
 
-from .collect import RunData
-from .tables import model_columns
+from datprl_edge.core.targets import TARGETS
+from datprl_edge.report.collect import RunData
+from datprl_edge.report.tables import model_columns
 
-TARGET_COLORS = {"onnx": "#1f77b4", "openvino": "#d62728", "coreml": "#2ca02c"}
+TARGET_COLORS = {name: spec.color for name, spec in TARGETS.items()}
 PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "int8": "^"}
 DPI = 110
 

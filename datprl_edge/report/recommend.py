@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from ..errors import ConfigError
+from datprl_edge.core.errors import ConfigError
 
 DEFAULT_MAX_DROP = 0.5  # dB, worst task, against the eval reference (the FP32 student in the pipeline)
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from .collect import RunData
+from datprl_edge.core.targets import TARGETS
+from datprl_edge.report.collect import RunData
 
 
 @dataclasses.dataclass
@@ -29,8 +30,8 @@ def artifacts_table(run: RunData, shape) -> Table:
     for a in run.artifacts:
         lat = a.latency(shape) if shape else None
         notes = []
-        if lat is None and a.eval is None and a.target == "coreml":
-            notes.append("latency and PSNR not measured: Core ML prediction needs macOS")
+        if lat is None and a.eval is None and _needs_macos(a.target):
+            notes.append(f"latency and PSNR not measured: {TARGETS[a.target].label} prediction needs macOS")
         else:
             if lat is None:
                 notes.append(f"latency not measured: {a.not_measured_reason()}")
@@ -59,8 +60,9 @@ def latency_table(run: RunData) -> Table:
         device = r.get("device") or r.get("compute_units") or ""
         shape = "x".join(str(v) for v in r.get("shape", []))
         if r.get("status") != "ok":
-            rows.append([r.get("artifact", ""), device, shape] + ["-"] * 9
-                        + [f"skipped: {r.get('message', '')}"])
+            what = "failed" if r.get("status") == "error" else "skipped"
+            note = f"{what}: {r.get('message', '')}"
+            rows.append([r.get("artifact", ""), device, shape] + ["-"] * 9 + [note])
             continue
         lat = r["latency_ms"]
         status = "ok" + (f", tiled {r['tiled']['tiles']} tiles" if r.get("tiled") else "")
@@ -165,8 +167,8 @@ def bench_caption(run: RunData) -> str:
     env = b.get("environment") or {}
     s = b.get("settings") or {}
     versions = env.get("versions") or {}
-    runtimes = ", ".join(f"{k} {v}" for k, v in versions.items() if k in ("onnxruntime", "openvino",
-                                                                            "coremltools") and v)
+    packages = {spec.runtime_package for spec in TARGETS.values()}
+    runtimes = ", ".join(f"{k} {v}" for k, v in versions.items() if k in packages and v)
     loop = f"{s.get('iters')} timed iterations" if s.get("iters") else f"{s.get('seconds')} s timed loop"
     isa = env.get("isa") or ", ".join(env.get("cpu_flags") or []) or "ISA unknown"
     return (f"Measured by the bench stage on {env.get('cpu_model') or 'an unknown CPU'} "
@@ -203,9 +205,13 @@ def eval_caption(run: RunData) -> str:
 
 
 def _eval_missing(run: RunData, a) -> str:
-    if a.target == "coreml":
-        return "Core ML prediction needs macOS; not evaluated here"
+    if _needs_macos(a.target):
+        return f"{TARGETS[a.target].label} prediction needs macOS; not evaluated here"
     return "not in the eval report" if run.eval else "no eval report"
+
+
+def _needs_macos(target: str) -> bool:
+    return target in TARGETS and TARGETS[target].needs_macos
 
 
 def _reference(run: RunData) -> str | None:

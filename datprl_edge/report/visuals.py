@@ -10,15 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..io.atomic import atomic_dir
-from .collect import VISUALS_FILE
+from datprl_edge.core.artifacts import safe_name
+from datprl_edge.core.errors import ConfigError
+from datprl_edge.io.atomic import atomic_dir
+from datprl_edge.report.collect import VISUALS_FILE
 
 SCHEMA = "datprl-edge-visuals/1"
-
-
-def slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-." else "_" for c in str(text)).strip("_") or "x"
 
 
 def compute_visuals(out_dir, tasks, panels, *, size: int = 128, seed: int = 0,
@@ -27,9 +24,9 @@ def compute_visuals(out_dir, tasks, panels, *, size: int = 128, seed: int = 0,
     an artifact path, a checkpoint or bundled:NAME) and write `out_dir` (PNG images + visuals.json)."""
     from PIL import Image
 
-    from ..data.pairs import fixed_pairs
-    from ..data.tasks import resolve_tasks
-    from ..evaluate import image_metrics, open_model
+    from datprl_edge.data.pairs import fixed_pairs
+    from datprl_edge.data.tasks import resolve_tasks
+    from datprl_edge.evaluate.driver import image_metrics, open_model
 
     if not panels:
         raise ConfigError("visual comparisons need at least one model")
@@ -38,13 +35,13 @@ def compute_visuals(out_dir, tasks, panels, *, size: int = 128, seed: int = 0,
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         for task in resolve_tasks(list(tasks)):
             pair = fixed_pairs(task, 1, size, seed)[0]
-            folder = tmp / slug(task.id)
+            folder = tmp / safe_name(task.id)
             folder.mkdir(parents=True)
             images = [("ground truth", "", pair.gt), ("degraded", "", pair.lq)]
             images += [(label, spec, np.clip(runner(pair.lq), 0.0, 1.0)) for label, spec, runner in opened]
             panels_out = []
             for label, spec, img in images:
-                name = f"{len(panels_out)}_{slug(label)}.png"
+                name = f"{len(panels_out)}_{safe_name(label)}.png"
                 Image.fromarray(np.rint(np.clip(img, 0, 1) * 255).astype(np.uint8)).save(folder / name)
                 entry = {"label": label, "model": Path(spec).name if spec else "",
                          "file": f"{folder.name}/{name}"}
@@ -68,7 +65,7 @@ def render_task(entry: dict, base_dir) -> bytes:
     """One row of panels for a task (PNG bytes), titles with the stored PSNR/SSIM."""
     from PIL import Image
 
-    from .plots import _figure, png_bytes
+    from datprl_edge.report.plots import _figure, png_bytes
 
     panels = entry["panels"]
     fig = _figure(2.6 * len(panels), 3.0)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointConfig, save_checkpoint
-from ..errors import CheckpointError, OutputExistsError
-from ..io.atomic import atomic_path, write_text_atomic
+from datprl_edge.core.errors import CheckpointError, OutputExistsError
+from datprl_edge.io.atomic import atomic_path, write_text_atomic
+from datprl_edge.io.checkpoint import CheckpointConfig, save_checkpoint
 
 STATE_FILE = "state.pt"
 LOG_FILES = ("train.jsonl", "val.jsonl")
@@ -44,7 +44,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, env) -> Path:
         if not state.exists():
             for name in LOG_FILES:
                 (run_dir / name).unlink(missing_ok=True)
-    from .distributed import barrier
+    from datprl_edge.train.distributed import barrier
 
     barrier(env)
     return state

@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from ..errors import ConfigError
+from datprl_edge.core import limits
+from datprl_edge.core.errors import ConfigError
+from datprl_edge.core.metrics import SSIM_MIN_SIDE
+from datprl_edge.train.curriculum import CURRICULA, parse_task_weights
 
-CURRICULA = ("mixed", "sequential")
 PROMPT_MODES = ("adaptive", "explicit")
 AMP_MODES = ("auto", "bf16", "off")
 DEVICES = ("auto", "cpu", "cuda")
@@ -54,6 +56,8 @@ class TrainConfig:
         _int(self, "steps", 1)
         _int(self, "batch_size", 1)
         _int(self, "crop", 8)
+        limits.check("batch", self.batch_size, "batch_size")
+        limits.check("crop", self.crop, "crop")
         _int(self, "train_pairs", 0)
         _int(self, "workers", 0)
         _int(self, "pair_reuse", 1)
@@ -61,8 +65,6 @@ class TrainConfig:
         _choice(self, "severity", SEVERITY_MODES)
         if self.pair_reuse > 1 and self.train_pairs:
             raise ConfigError("pair_reuse needs on-the-fly pairs (train_pairs 0)")
-        from .curriculum import parse_task_weights
-
         parse_task_weights(self.task_weights)
         _int(self, "warmup_steps", 0)
         _int(self, "seed", 0)
@@ -70,7 +72,7 @@ class TrainConfig:
         _int(self, "ckpt_every", 0)
         _int(self, "val_every", 0)
         _int(self, "val_count", 1)
-        _int(self, "val_size", 8)
+        _int(self, "val_size", SSIM_MIN_SIDE)
         _int(self, "log_every", 1)
         for name in ("lr", "min_lr", "weight_decay", "grad_clip", "fft_weight"):
             _nonneg(self, name)
@@ -148,6 +150,6 @@ def _nonneg(cfg, name):
 def _choice(cfg, name, choices):
     v = getattr(cfg, name)
     if v not in choices:
-        from ..errors import UnknownChoiceError
+        from datprl_edge.core.errors import UnknownChoiceError
 
         raise UnknownChoiceError(name.replace("_", " "), str(v), choices)

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ConfigError
-from .config import CURRICULA
+from datprl_edge.core.errors import ConfigError, UnknownChoiceError
+
+CURRICULA = ("mixed", "sequential")
 
 
 class Curriculum:
@@ -26,8 +27,6 @@ class Curriculum:
         """`task_of_item[i]` is the task index (0..T-1) of training pair i; `task_order` the order
         in which the sequential curriculum adds tasks (default 0..T-1)."""
         if kind not in CURRICULA:
-            from ..errors import UnknownChoiceError
-
             raise UnknownChoiceError("curriculum", kind, CURRICULA)
         self.kind, self.steps, self.seed = kind, int(steps), int(seed)
         task_of_item = np.asarray(task_of_item, dtype=np.int64)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ConfigError, InputNotFoundError
+from datprl_edge.core.errors import ConfigError, InputNotFoundError
 
 DEFAULT_TASKSET = "9task"
 CUSTOM_TASK = "custom/paired"
@@ -141,8 +141,8 @@ def build_train_data(spec: str, crop: int, num_pairs: int, seed: int = 0,
 
 
 def _synthetic(names: str, crop: int, num_pairs: int, seed: int, severity: str = "fixed") -> TrainData:
-    from ..data.datasets import SyntheticDataset, validation_set
-    from ..data.tasks import resolve_tasks
+    from datprl_edge.data.datasets import SyntheticDataset, validation_set
+    from datprl_edge.data.tasks import resolve_tasks
 
     tasks = [t.id for t in resolve_tasks(names)]
     if 0 < num_pairs < len(tasks):
@@ -173,8 +173,8 @@ def _synthetic(names: str, crop: int, num_pairs: int, seed: int, severity: str =
 
 def _paired_folder(path: Path, crop: int, num_pairs: int, seed: int) -> TrainData:
     """Random crops of a BasicSR paired folder; the first tenth of the pairs is kept for validation."""
-    from ..data.datasets import PairedFolderDataset
-    from ..data.pairs import random_crop
+    from datprl_edge.data.datasets import PairedFolderDataset
+    from datprl_edge.data.pairs import random_crop
 
     ds = PairedFolderDataset(path)
     n = len(ds)
@@ -203,7 +203,7 @@ def _paired_folder(path: Path, crop: int, num_pairs: int, seed: int) -> TrainDat
 
 def _catalogue_ids(task_id: str) -> tuple[int, int]:
     """(domain index, task index in the catalogue): the explicit prompt of a task."""
-    from ..data.tasks import DOMAINS, TASKS
+    from datprl_edge.data.tasks import DOMAINS, TASKS
 
     if task_id not in TASKS:
         return 0, 0

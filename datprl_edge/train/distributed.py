@@ -8,7 +8,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError
+from datprl_edge.core.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

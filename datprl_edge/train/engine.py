@@ -23,9 +23,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..io.atomic import write_text_atomic
-from . import distributed as D
-from .checkpointing import (
+from datprl_edge.core.metrics import PSNR_CAP_DB, psnr_from_mse
+from datprl_edge.io.atomic import write_text_atomic
+from datprl_edge.train import distributed as D
+from datprl_edge.train.checkpointing import (
     RunState,
     load_state,
     prepare_run_dir,
@@ -34,10 +35,10 @@ from .checkpointing import (
     saved_config,
     trim_logs,
 )
-from .config import TrainConfig
-from .curriculum import Curriculum, step_weights
-from .evaluate import evaluate
-from .loader import BatchPlan, StepLoader, take
+from datprl_edge.train.config import TrainConfig
+from datprl_edge.train.curriculum import Curriculum, step_weights
+from datprl_edge.train.evaluate import evaluate
+from datprl_edge.train.loader import BatchPlan, StepLoader, take
 
 
 @dataclasses.dataclass
@@ -315,7 +316,7 @@ def _micro_seed(seed: int, step: int, micro: int) -> int:
 def _accumulate(stats, parts, loss, out, gt, accum):
     with torch.no_grad():
         mse = (out.detach().float().clamp(0, 1) - gt.float()).pow(2).mean().item()
-    vals = {"loss": float(loss.detach()), "psnr": -10 * math.log10(max(mse, 1e-10)),
+    vals = {"loss": float(loss.detach()), "psnr": min(psnr_from_mse(mse), PSNR_CAP_DB),
             **{k: float(v) for k, v in parts.items()}}
     for k, v in vals.items():
         stats[k] = stats.get(k, 0.0) + v / accum

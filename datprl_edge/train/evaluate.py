@@ -1,21 +1,13 @@
-"""Per-task PSNR/SSIM of a model on fixed validation pairs (skimage.metrics)."""
+"""Per-task PSNR/SSIM of a model on fixed validation pairs (`core.metrics`, as `datprl-edge eval`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from .objectives import explicit_override
-
-
-def image_metrics(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
-    """PSNR (dB) and SSIM of one (H, W, 3) float image in [0, 1] against its ground truth."""
-    pred = np.clip(pred, 0.0, 1.0).astype(np.float64)
-    gt = gt.astype(np.float64)
-    psnr = peak_signal_noise_ratio(gt, pred, data_range=1.0)
-    ssim = structural_similarity(gt, pred, data_range=1.0, channel_axis=2)
-    return float(min(psnr, 100.0)), float(ssim)
+from datprl_edge.core.metrics import batch_metrics, mean_psnr
+from datprl_edge.data.tasks import TASKS
+from datprl_edge.train.objectives import explicit_override
 
 
 @torch.no_grad()
@@ -24,7 +16,7 @@ def evaluate(model, val_sets: dict, device=None, prompt_ids_fn=None, batch: int 
 
     `val_sets` maps task id -> (lq, gt) tensors (N, 3, H, W); `prompt_ids_fn(task, n)` gives the
     (n, 2) [domain, task] ids of explicit-prompt models (None: automatic routing). The model runs in
-    eval mode and is left in the mode it had.
+    eval mode and is left in the mode it had. Grayscale tasks are scored on the channel mean.
     """
     was_training = model.training
     model.eval()
@@ -32,20 +24,20 @@ def evaluate(model, val_sets: dict, device=None, prompt_ids_fn=None, batch: int 
     out: dict = {}
     try:
         for task, (lq, gt) in val_sets.items():
+            gray = task in TASKS and TASKS[task].grayscale
             rows = []
             for i in range(0, lq.shape[0], batch):
                 x = lq[i:i + batch].to(device)
                 kw = {}
                 if prompt_ids_fn is not None:
                     kw["override"] = explicit_override(model, prompt_ids_fn(task, x.shape[0]).to(device))
-                pred = model(x, **kw).float().cpu()
-                for p, g, q in zip(pred, gt[i:i + batch], lq[i:i + batch]):
-                    g_np = g.permute(1, 2, 0).numpy()
-                    rows.append(image_metrics(p.permute(1, 2, 0).numpy(), g_np)
-                                + image_metrics(q.permute(1, 2, 0).numpy(), g_np))
+                pred = model(x, **kw).float().cpu().numpy()
+                g, q = gt[i:i + batch].numpy(), lq[i:i + batch].numpy()
+                rows += [a + b for a, b in zip(batch_metrics(g, pred, grayscale=gray),
+                                               batch_metrics(g, q, grayscale=gray))]
             r = np.asarray(rows)
-            out[task] = {"psnr": round(float(r[:, 0].mean()), 4), "ssim": round(float(r[:, 1].mean()), 5),
-                         "psnr_input": round(float(r[:, 2].mean()), 4),
+            out[task] = {"psnr": round(mean_psnr(r[:, 0]), 4), "ssim": round(float(r[:, 1].mean()), 5),
+                         "psnr_input": round(mean_psnr(r[:, 2]), 4),
                          "ssim_input": round(float(r[:, 3].mean()), 5), "count": int(len(r))}
     finally:
         model.train(was_training)

@@ -60,11 +60,11 @@ def parse(argv=None):
 def main(argv=None) -> int:
     import torch
 
-    from ..distill import distill
-    from ..models.loading import load_model
-    from ..models.registry import create_model
-    from ..train_teacher import train_teacher
-    from .config import DistillConfig, TrainConfig
+    from datprl_edge.models.loading import load_model
+    from datprl_edge.models.registry import create_model
+    from datprl_edge.train.config import DistillConfig, TrainConfig
+    from datprl_edge.train.distill import distill
+    from datprl_edge.train.teacher import train_teacher
 
     args = parse(argv)
     out = args.out
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
 
 
 def _phase(res, cfg, run_dir: Path, out: Path, prefix: str, weights_name: str) -> dict:
-    from ..checkpoint import sha256_file
+    from datprl_edge.io.checkpoint import sha256_file
 
     dst = out / f"{weights_name}.safetensors"
     shutil.copyfile(res.checkpoint, dst)
@@ -151,7 +151,7 @@ def _write(out: Path, summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    from ..errors import DatprlEdgeError
+    from datprl_edge.core.errors import DatprlEdgeError
 
     try:
         raise SystemExit(main())

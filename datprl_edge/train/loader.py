@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .data import TrainData
+from datprl_edge.train.data import TrainData
 
 
 class BatchPlan:

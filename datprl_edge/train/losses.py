@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from datprl_edge.core.errors import ConfigError
 
 POOLS = ("domain", "degradation")
 

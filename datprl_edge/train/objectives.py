@@ -7,10 +7,10 @@ import copy
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..models.student_blocks import PromptOverride
-from . import losses as L
-from .config import DistillConfig, TrainConfig
+from datprl_edge.core.errors import ConfigError
+from datprl_edge.models.student_blocks import PromptOverride
+from datprl_edge.train import losses as L
+from datprl_edge.train.config import DistillConfig, TrainConfig
 
 
 def explicit_override(model: nn.Module, prompt_ids: torch.Tensor) -> PromptOverride:
@@ -113,7 +113,7 @@ class DistillObjective:
                 raise ConfigError("the teacher cache needs a fixed pool of pairs (--pairs N); with "
                                   "on-the-fly pairs use --teacher-cache off")
         elif mode == "on" or (mode == "auto" and env.device.type == "cpu"):
-            from .teacher_cache import TeacherCache
+            from datprl_edge.train.teacher_cache import TeacherCache
 
             root = getattr(self, "cache_dir", None) or (run_dir / "teacher_cache" if run_dir else None)
             if root is None:

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..io.atomic import write_text_atomic
-from . import distributed as D
-from .losses import POOLS
+from datprl_edge.io.atomic import write_text_atomic
+from datprl_edge.train import distributed as D
+from datprl_edge.train.losses import POOLS
 
 FORMAT = "datprl-edge-teacher-cache/1"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...errors import ChannelCountError, ConfigError, NonFiniteInputError
+from datprl_edge.core.errors import ChannelCountError, ConfigError, NonFiniteInputError
 
 # ITU-R BT.601 luma weights; they sum to 1, so an image with equal channels keeps its value.
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.signal import fftconvolve
 
-from ._common import as_rng, check_image, check_severity, finish, lerp
+from datprl_edge.data.degrade._common import as_rng, check_image, check_severity, finish, lerp
 
 
 def blur_length(severity: float) -> float:

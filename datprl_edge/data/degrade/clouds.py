@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import shift as nd_shift
 
-from ._common import as_rng, check_image, check_severity, finish, lerp
-from .fields import fbm_field
+from datprl_edge.data.degrade._common import as_rng, check_image, check_severity, finish, lerp
+from datprl_edge.data.degrade.fields import fbm_field
 
 
 def cloud_cover(severity: float) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from skimage.transform import iradon, radon
 
-from ._common import as_rng, check_image, check_severity, gray3, luminance
+from datprl_edge.data.degrade._common import as_rng, check_image, check_severity, gray3, luminance
 
 MAX_LINE_INTEGRAL = 4.0  # thickest ray: ~21 cm of water at 0.019/mm (a head or slim abdomen)
 N_ANGLES = 180  # views over 180 degrees: enough for a 256 image, fast enough for tests

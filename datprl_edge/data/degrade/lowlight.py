@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import as_rng, check_image, check_severity, finish, lerp
+from datprl_edge.data.degrade._common import as_rng, check_image, check_severity, finish, lerp
 
 
 def lowlight(image, severity: float = 0.5, seed=None) -> np.ndarray:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import check_image, gray3, luminance
-from .resample import scale_factor
+from datprl_edge.data.degrade._common import check_image, gray3, luminance
+from datprl_edge.data.degrade.resample import scale_factor
 
 
 def kspace_truncation(image, severity: float = 0.5, seed=None) -> np.ndarray:

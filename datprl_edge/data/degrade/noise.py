@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import as_rng, check_image, check_severity, finish
+from datprl_edge.data.degrade._common import as_rng, check_image, check_severity, finish
 
 
 def noise_sigma(severity: float) -> float:

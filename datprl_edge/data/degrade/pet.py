@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from ._common import as_rng, check_image, check_severity, gray3, luminance
+from datprl_edge.data.degrade._common import as_rng, check_image, check_severity, gray3, luminance
 
 FULL_DOSE_PEAK_COUNTS = 400.0  # expected counts in the brightest pixel at full dose
 POSTFILTER_SIGMA = 1.0  # pixels: the Gaussian post-reconstruction filter of clinical PET

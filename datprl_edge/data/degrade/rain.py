@@ -7,7 +7,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.signal import fftconvolve
 from skimage.draw import line_aa
 
-from ._common import as_rng, check_image, check_severity, finish, lerp
+from datprl_edge.data.degrade._common import as_rng, check_image, check_severity, finish, lerp
 
 # (drop density, streak length as a fraction of the image height, drop width sigma, brightness)
 # for far, middle and near layers: far rain is dense, short, thin and faint.

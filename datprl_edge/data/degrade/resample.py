@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from ._common import check_image, check_severity, finish, lerp
+from datprl_edge.data.degrade._common import check_image, check_severity, finish, lerp
 
 
 def bicubic_resize(image: np.ndarray, size) -> np.ndarray:

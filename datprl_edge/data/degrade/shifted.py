@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from . import ct as _ct
-from ._common import as_rng, check_image, finish, gray3
-from .mri import kspace_truncation
-from .resample import bicubic_resize, scale_factor
+from datprl_edge.data.degrade import ct as _ct
+from datprl_edge.data.degrade._common import as_rng, check_image, finish, gray3
+from datprl_edge.data.degrade.mri import kspace_truncation
+from datprl_edge.data.degrade.resample import bicubic_resize, scale_factor
 
 BD_SIGMA = 1.6  # Gaussian blur before decimation: the "BD" degradation of SRMD/RDN (Zhang et al. 2018)
 MRI_NOISE_SIGMA = 0.02  # complex receiver noise, of full scale: magnitude images get Rician noise

@@ -1,0 +1,255 @@
+"""Stage: benchmark exported artifacts in their runtimes, without torch.
+
+`run_bench(artifacts, BenchConfig) -> dict` measures every artifact x device x shape in a fresh
+`python -m datprl_edge.bench.worker` process (so peak RSS belongs to one measurement): load time,
+first inference, latency min/mean/p50/p90/p99, throughput and peak RSS, plus an environment
+fingerprint. Shapes with a side above 2048 (or that a static artifact cannot take) are tiled.
+`write_report(report, path)` writes the JSON atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from datprl_edge.core import errors
+from datprl_edge.core.errors import (
+    ArtifactError,
+    ConfigError,
+    DatprlEdgeError,
+    InputNotFoundError,
+    PlatformError,
+)
+from datprl_edge.core.host import default_threads, environment, load_average
+from datprl_edge.core.shapes import parse_hw
+from datprl_edge.core.targets import BENCH_COMPUTE_UNITS, COMPUTE_UNITS, TargetSpec, stage_module
+
+SCHEMA = "datprl-edge-bench/1"
+OPENVINO_PRECISIONS = ("f32", "bf16", "f16", "default")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """What to measure. `iters` fixes the timed iterations; otherwise the loop runs `seconds`
+    (at least `min_iters` times). `tile`: "auto", "off" or a tile size. `devices`: OpenVINO /
+    onnxruntime device names, or "all" (every device OpenVINO lists). `compute_units`: Core ML."""
+
+    shapes: tuple = ((256, 256),)
+    threads: int | None = None
+    warmup: int = 3
+    iters: int | None = None
+    seconds: float | None = 3.0
+    min_iters: int = 3
+    devices: tuple = ("CPU",)
+    compute_units: tuple = BENCH_COMPUTE_UNITS
+    inference_precision: str = "f32"
+    tile: object = "auto"
+    overlap: int | None = None
+    seed: int = 0
+    timeout_s: float | None = None
+
+    def __post_init__(self):
+        shapes = tuple(parse_hw(s, "--shape") for s in self.shapes)
+        if not shapes:
+            raise ConfigError("give at least one --shape (e.g. 256x256)")
+        object.__setattr__(self, "shapes", shapes)
+        threads = default_threads() if self.threads in (None, 0) else int(self.threads)
+        if threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {self.threads}")
+        object.__setattr__(self, "threads", threads)
+        if self.warmup < 0:
+            raise ConfigError(f"--warmup must be 0 or more, got {self.warmup}")
+        if self.iters is not None and self.iters < 1:
+            raise ConfigError(f"--iters must be at least 1, got {self.iters}")
+        if self.iters is None and (self.seconds is None or self.seconds <= 0):
+            raise ConfigError("give --iters N or a positive --seconds S")
+        if self.iters is not None:
+            object.__setattr__(self, "seconds", None)
+        units = tuple(str(u).upper() for u in self.compute_units)
+        for u in units:
+            if u not in COMPUTE_UNITS:
+                raise errors.UnknownChoiceError("Core ML compute units", u, COMPUTE_UNITS)
+        object.__setattr__(self, "compute_units", units)
+        object.__setattr__(self, "devices", tuple(str(d).upper() for d in self.devices) or ("CPU",))
+        if self.inference_precision not in OPENVINO_PRECISIONS:
+            raise errors.UnknownChoiceError("inference precision", str(self.inference_precision),
+                                            OPENVINO_PRECISIONS)
+        object.__setattr__(self, "tile", parse_tile(self.tile))
+        if self.overlap is not None and self.overlap < 0:
+            raise ConfigError(f"--overlap must be 0 or more, got {self.overlap}")
+
+
+def parse_tile(value):
+    """"auto", "off", a size, or [height, width] (from "HxW")."""
+    if value in (None, "auto", "off"):
+        return value or "auto"
+    try:
+        hw = list(parse_hw(value, "--tile"))
+    except (TypeError, ValueError, ConfigError):
+        raise ConfigError(f"--tile takes auto, off, a size or HxW in pixels, got {value!r}") from None
+    if min(hw) < 16:
+        raise ConfigError(f"tile size {value} is too small (at least 16)")
+    return hw[0] if hw[0] == hw[1] else hw
+
+
+def plan_jobs(artifacts, config: BenchConfig) -> tuple[list[dict], list[dict]]:
+    """(worker specs to run, entries skipped with the reason) for every artifact x device x shape."""
+    from datprl_edge.core.artifacts import macos
+    from datprl_edge.runtime.sessions import artifact_spec
+
+    jobs, skipped = [], []
+    for art in artifacts:
+        path = Path(str(art).rstrip("/\\"))
+        spec = artifact_spec(path)
+        if not path.exists():
+            raise InputNotFoundError(f"artifact not found: {path}")
+        if spec.compute_units:
+            variants = [{"compute_units": u, "device": None} for u in config.compute_units]
+        else:
+            variants = [{"device": d, "compute_units": None} for d in _devices(spec, config.devices)]
+        if spec.needs_macos and not macos():
+            skipped += [{"status": "skipped", "artifact": path.name, "path": str(path), "target": spec.name,
+                         **{k: v for k, v in variant.items() if v is not None}, "shape": list(s),
+                         "message": f"{spec.label} prediction needs macOS; run this benchmark on a Mac"}
+                        for variant in variants for s in config.shapes]
+            continue
+        for variant in variants:
+            for shape in config.shapes:
+                jobs.append({"artifact": str(path), "target": spec.name, "shape": list(shape),
+                             "threads": config.threads,
+                             "warmup": config.warmup, "iters": config.iters, "seconds": config.seconds,
+                             "min_iters": config.min_iters, "inference_precision": config.inference_precision,
+                             "tile": config.tile, "overlap": config.overlap, "seed": config.seed, **variant})
+    return jobs, skipped
+
+
+def _devices(spec: TargetSpec, devices) -> list[str]:
+    if "ALL" not in devices:
+        return list(devices)
+    if spec.lists_devices:
+        return stage_module(spec, "runtime").available_devices()
+    return ["CPU"]
+
+
+def run_bench(artifacts, config: BenchConfig, *, command: str | None = None, progress=None) -> dict:
+    """Measure every artifact; returns the report (see SCHEMA). A measurement that fails (a missing
+    runtime, a damaged artifact, a timeout) is recorded as a result with status "error" and the
+    others go on; `failures(report)` lists them."""
+    if not artifacts:
+        raise ConfigError("name at least one artifact (.onnx, OpenVINO .xml or .mlpackage)")
+    jobs, skipped = plan_jobs(artifacts, config)
+    if not jobs and skipped:
+        raise PlatformError(skipped[0]["message"])
+    env = environment()
+    results = []
+    for i, spec in enumerate(jobs):
+        if progress:
+            progress(i, len(jobs), spec)
+        try:
+            results.append(run_worker(spec, timeout_s=config.timeout_s))
+        except DatprlEdgeError as e:
+            results.append(_failed(spec, e))
+    return {
+        "schema": SCHEMA,
+        "command": command,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "environment": env,
+        "settings": {**dataclasses.asdict(config), "shapes": [list(s) for s in config.shapes],
+                     "timer": "time.perf_counter", "peak_rss": "VmHWM (Linux; ru_maxrss elsewhere) of a "
+                     "fresh worker process per artifact, device and shape"},
+        "load_average_after": load_average(),
+        "results": results + skipped,
+    }
+
+
+def _failed(spec: dict, error: Exception) -> dict:
+    path = Path(spec["artifact"])
+    entry = {"status": "error", "artifact": path.name, "path": str(path), "target": spec.get("target"),
+             "shape": list(spec["shape"]), "error_type": type(error).__name__,
+             "message": " ".join(str(error).split())}
+    for key in ("device", "compute_units"):
+        if spec.get(key):
+            entry[key] = spec[key]
+    return entry
+
+
+def failures(report: dict) -> list[dict]:
+    """The results of a report that failed (status "error")."""
+    return [r for r in report["results"] if r.get("status") == "error"]
+
+
+def run_worker(spec: dict, timeout_s: float | None = None) -> dict:
+    """Run one measurement in a fresh interpreter; re-raise its error in this process."""
+    with tempfile.TemporaryDirectory(prefix="datprl-bench-") as tmp:
+        spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
+        spec_path.write_text(json.dumps(spec), encoding="utf-8")
+        load_before = load_average()
+        cmd = [sys.executable, "-m", "datprl_edge.bench.worker", str(spec_path), str(result_path)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=_worker_env())
+        except subprocess.TimeoutExpired:
+            raise ArtifactError(f"benchmark of {Path(spec['artifact']).name} took longer than "
+                                f"{timeout_s} s; lower --iters/--seconds") from None
+        if not result_path.exists():
+            tail = " ".join(proc.stderr.strip().splitlines()[-3:])[-300:]
+            raise ArtifactError(f"the benchmark worker for {Path(spec['artifact']).name} died "
+                                f"(exit code {proc.returncode}): {tail or 'no message'}")
+        result = json.loads(result_path.read_text(encoding="utf-8"))
+    if result.get("status") == "error":
+        raise _rebuild_error(result["error"], spec)
+    result["load_average_before"] = load_before
+    for key in ("device", "compute_units"):
+        if spec.get(key):
+            result.setdefault(key, spec[key])
+    return result
+
+
+def _worker_env() -> dict:
+    env = dict(os.environ)
+    # The worker must import this very package, also when it is run from a source tree.
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
+def _rebuild_error(info: dict, spec: dict) -> Exception:
+    name = Path(spec["artifact"]).name
+    if info.get("unexpected"):
+        return ArtifactError(f"benchmark of {name} failed: {info['type']}: {info['message']}")
+    cls = getattr(errors, info.get("type", ""), None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.DatprlEdgeError)):
+        cls = errors.DatprlEdgeError
+    err = cls.__new__(cls)
+    Exception.__init__(err, info["message"])
+    return err
+
+
+def write_report(report: dict, path) -> Path:
+    from datprl_edge.io.atomic import write_text_atomic
+
+    return write_text_atomic(path, json.dumps(report, indent=2) + "\n")
+
+
+def summary_lines(report: dict) -> list[str]:
+    """A table of the results for the terminal."""
+    lines = [f"{'artifact':<34} {'device':<10} {'shape':>11} {'load s':>7} {'first ms':>9} {'p50 ms':>9} "
+             f"{'p90 ms':>9} {'img/s':>8} {'RSS MB':>7}"]
+    for r in report["results"]:
+        shape = "x".join(str(v) for v in r["shape"])
+        device = r.get("device") or r.get("compute_units") or ""
+        if r["status"] != "ok":
+            what = "FAILED" if r["status"] == "error" else "skipped"
+            lines.append(f"{r['artifact']:<34} {device:<10} {shape:>11}  {what}: {r['message']}")
+            continue
+        tiled = f" (tiled {r['tiled']['tiles']}x{r['tiled']['tile']})" if r.get("tiled") else ""
+        lat = r["latency_ms"]
+        lines.append(f"{r['artifact']:<34} {device:<10} {shape:>11} {r['load_s']:>7.2f} "
+                     f"{r['first_inference_ms']:>9.1f} {lat['p50']:>9.2f} {lat['p90']:>9.2f} "
+                     f"{r['throughput']['images_per_s']:>8.2f} {r['peak_rss_mb']:>7.0f}{tiled}")
+    return lines

@@ -1,0 +1,184 @@
+"""One benchmark measurement in a fresh process: `python -m datprl_edge.bench.worker SPEC RESULT`.
+
+SPEC is a JSON file (artifact, shape, threads, device, ...), RESULT the JSON file this writes.
+A process of its own per artifact and shape keeps peak RSS from mixing between measurements.
+numpy + the artifact's runtime only: no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from datprl_edge.core.errors import ConfigError, DatprlEdgeError
+
+AUTO_TILE_SIDE = 2048  # longer sides than this are tiled when --tile is auto
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB.
+
+    On Linux this is VmHWM of /proc/self/status: ru_maxrss survives exec and so starts at the
+    parent's peak at fork time, which would charge the launcher's memory to the artifact."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes
+    return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
+
+
+def measure(spec: dict) -> dict:
+    from datprl_edge.core.targets import stage_module
+    from datprl_edge.runtime.sessions import artifact_spec, open_artifact
+
+    path = Path(spec["artifact"])
+    target = artifact_spec(path)  # its TargetSpec
+    runtime = stage_module(target, "runtime")
+    h, w = spec["shape"]
+    rss_start = peak_rss_mb()
+    options = runtime.bench_options(spec)
+    t0 = time.perf_counter()
+    session = open_artifact(path, **options)
+    load_s = time.perf_counter() - t0
+    rss_load = peak_rss_mb()
+
+    rng = np.random.default_rng(spec.get("seed", 0))
+    x = rng.random((1, session.channels, h, w), dtype=np.float32)
+    tiling = tile_settings(session, h, w, spec.get("tile", "auto"), spec.get("overlap"))
+    if tiling:
+        from datprl_edge.core.tiling import plan_tiles, tile_apply
+
+        plan = plan_tiles(h, w, tiling["tile"], tiling["overlap"], session.pad_multiple)
+        tiling["tiles"] = plan.count
+
+        def step():
+            return tile_apply(session.run, x, tiling["tile"], tiling["overlap"], session.pad_multiple)
+    else:
+        def step():
+            return session.run(x)
+
+    t0 = time.perf_counter()
+    y = step()
+    first_ms = (time.perf_counter() - t0) * 1e3
+    if y.shape[2:] != x.shape[2:] or not np.isfinite(y).all():
+        raise ConfigError(f"{path.name} returned shape {y.shape} (finite: {bool(np.isfinite(y).all())}) "
+                          f"for input {x.shape}")
+    for _ in range(spec.get("warmup", 0)):
+        step()
+    times = timed_loop(step, spec.get("iters"), spec.get("seconds"), spec.get("min_iters", 3))
+    times_ms = np.asarray(times) * 1e3
+    mean_ms = float(times_ms.mean())
+    return {
+        "status": "ok",
+        "artifact": path.name,
+        "path": str(path),
+        "target": target.name,
+        "precision": session.metadata.get("precision"),
+        "model_name": session.metadata.get("model_name"),
+        "shape": [h, w],
+        "batch": 1,
+        "tiled": tiling or None,
+        "runtime": runtime_details(target, runtime, session, options),
+        "load_s": round(load_s, 4),
+        "first_inference_ms": round(first_ms, 3),
+        "warmup": spec.get("warmup", 0),
+        "iterations": int(times_ms.size),
+        "latency_ms": {
+            "min": _r(times_ms.min()), "mean": _r(mean_ms),
+            "p50": _r(np.percentile(times_ms, 50)), "p90": _r(np.percentile(times_ms, 90)),
+            "p99": _r(np.percentile(times_ms, 99)), "max": _r(times_ms.max()), "std": _r(times_ms.std()),
+        },
+        "throughput": {"images_per_s": _r(1e3 / mean_ms), "megapixels_per_s": _r(h * w / 1e3 / mean_ms)},
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_mb": {"before_load": rss_start, "after_load": rss_load},
+        "latencies_ms": [_r(t) for t in times_ms],
+        "torch_imported": "torch" in sys.modules,
+    }
+
+
+def timed_loop(step, iters, seconds, min_iters) -> list[float]:
+    times = []
+    if iters:
+        for _ in range(int(iters)):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        return times
+    deadline = time.perf_counter() + float(seconds)
+    while len(times) < min_iters or time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def tile_settings(session, h, w, tile, overlap) -> dict | None:
+    """{tile, overlap} when the input is tiled: an explicit --tile N, or (auto) a static artifact
+    of another size or a side longer than AUTO_TILE_SIDE, with the artifact's recommended tile."""
+    meta = session.metadata
+    if tile == "off":
+        if session.static_hw is not None and tuple(session.static_hw) != (h, w):
+            sh, sw = session.static_hw
+            raise ConfigError(f"{session.path.name} takes {sh}x{sw} only; {h}x{w} needs tiling "
+                              "(drop --tile off)")
+        return None
+    if tile == "auto":
+        static = session.static_hw
+        if static is not None and tuple(static) != (h, w):
+            if static[0] != static[1]:
+                raise ConfigError(f"{session.path.name} has a non-square static size "
+                                  f"{static[0]}x{static[1]}: benchmark it at that size")
+            tile = static[0]
+        elif max(h, w) > AUTO_TILE_SIDE:
+            tile = int(meta.get("tile_size") or 512)
+        else:
+            return None
+    tile = [int(v) for v in tile] if isinstance(tile, (list, tuple)) else int(tile)
+    if overlap is None:
+        overlap = int(meta.get("tile_overlap") or 32)
+    overlap = min(int(overlap), (min(tile) if isinstance(tile, list) else tile) // 2 - 1)
+    return {"tile": tile, "overlap": overlap}
+
+
+def runtime_details(target, runtime, session, options: dict) -> dict:
+    """The runtime's name and version, and what its module records about this run (device, ...)."""
+    from datprl_edge.core.host import package_versions
+
+    name = target.runtime_package
+    return {"name": name, "version": package_versions([name])[name],
+            **runtime.bench_details(session, options)}
+
+
+def _r(v) -> float:
+    return round(float(v), 4)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: python -m datprl_edge.bench.worker SPEC.json RESULT.json", file=sys.stderr)
+        return 64
+    spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    try:
+        result = measure(spec)
+        code = 0
+    except DatprlEdgeError as e:
+        result, code = {"status": "error", "error": {"type": type(e).__name__, "message": str(e)}}, 2
+    except Exception as e:  # reported to the parent, which names the artifact
+        result, code = {"status": "error", "error": {"type": type(e).__name__, "message": str(e),
+                                                     "unexpected": True}}, 1
+    Path(argv[1]).write_text(json.dumps(result), encoding="utf-8")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

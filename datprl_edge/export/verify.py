@@ -1,0 +1,86 @@
+"""The export check: an artifact's outputs against its torch reference, the thresholds it must
+meet, and the record of it (`Verification`) kept in the artifact's report. numpy only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from datprl_edge.core.artifacts import psnr_db
+
+# Lowest PSNR (dB) of an artifact against its torch reference: FP32 and FP16 against the FP32
+# model, INT8 against the fake-quant model.
+MIN_PSNR_DB = {"fp32": 60.0, "fp16": 45.0, "int8": 40.0}
+# Lowest PSNR (dB) of an INT8 artifact run with the runtime's default kernels against the same
+# artifact run with its exact integer kernels (where the runtime has both): they differ only where
+# the fast kernels lose precision on this CPU (int16 saturation without VNNI), which must not happen.
+MIN_EXACT_INT8_PSNR_DB = 60.0
+
+
+@dataclasses.dataclass
+class Verification:
+    """Artifact vs torch reference on a few images (or, without a runtime, a structural check)."""
+
+    precision: str
+    reference: str  # what the artifact was compared with
+    numerics_checked: bool
+    passed: bool
+    threshold_db: float
+    psnr_db: float | None = None  # worst image; None when not checked (or outputs identical)
+    psnr_db_mean: float | None = None
+    max_abs_diff: float | None = None
+    images: list = dataclasses.field(default_factory=list)  # names/shapes of the images used
+    note: str = ""
+    # INT8 only, where the runtime has exact integer kernels: default kernels vs exact kernels
+    exact_int8_max_abs_diff: float | None = None  # 0.0: the same numbers
+    exact_int8_psnr_db: float | None = None  # worst image; None when identical or not checked
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def compare_outputs(refs, outs, precision: str, reference: str, images=()) -> Verification:
+    """Verification from reference and artifact outputs (lists of NCHW arrays)."""
+    threshold = MIN_PSNR_DB[precision]
+    values = [psnr_db(r, o) for r, o in zip(refs, outs)]
+    diffs = [max_abs_diff(r, o) for r, o in zip(refs, outs)]
+    worst = min(values)
+    finite = [v for v in values if math.isfinite(v)]
+    note = ""
+    if worst == -math.inf:
+        note = "the artifact produced NaN or infinite values"
+    elif worst == math.inf:
+        note = "outputs identical to the reference"
+    return Verification(
+        precision=precision, reference=reference, numerics_checked=True, passed=worst >= threshold,
+        threshold_db=threshold,
+        psnr_db=round(worst, 3) if math.isfinite(worst) else None,
+        psnr_db_mean=round(float(np.mean(finite)), 3) if finite else None,
+        max_abs_diff=float(max(diffs)) if all(math.isfinite(d) for d in diffs) else None,
+        images=list(images), note=note,
+    )
+
+
+def max_abs_diff(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def check_exact_int8(verification: Verification, outs, exact_outs) -> Verification:
+    """Add the default-vs-exact-kernel comparison of an INT8 artifact to its verification."""
+    worst = min(psnr_db(e, o) for e, o in zip(exact_outs, outs))
+    verification.exact_int8_psnr_db = round(worst, 3) if math.isfinite(worst) else None
+    verification.exact_int8_max_abs_diff = max(max_abs_diff(e, o) for e, o in zip(exact_outs, outs))
+    if worst < MIN_EXACT_INT8_PSNR_DB:
+        verification.passed = False
+        verification.note = (f"on this CPU the runtime's fast INT8 kernels differ from its exact integer "
+                             f"kernels ({worst:.1f} dB < {MIN_EXACT_INT8_PSNR_DB} dB): int16 saturation "
+                             "without VNNI; re-quantize with this toolkit's scheme (7-bit weights)")
+    return verification
+
+
+def structural_only(precision: str, reference: str, note: str) -> Verification:
+    return Verification(precision=precision, reference=reference, numerics_checked=False, passed=True,
+                        threshold_db=MIN_PSNR_DB[precision], note=note)

@@ -1,0 +1,210 @@
+"""The QAT training loop and its data: distillation crops, validation PSNR, resumable state."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from datprl_edge.core.errors import ConfigError
+from datprl_edge.core.metrics import batch_psnr, mean_psnr
+from datprl_edge.io.atomic import atomic_path
+from datprl_edge.quantize.scope import frozen_observers, set_observers
+
+STATE_FILE = "qat_state.pt"
+
+
+@dataclasses.dataclass
+class Pair:
+    lq: torch.Tensor  # (C, H, W) float32 in [0, 1]
+    gt: torch.Tensor | None = None
+    task: str = ""
+
+
+def as_pairs(calib, channels: int) -> list[Pair]:
+    """Normalise calibration items: arrays/tensors (input only), (lq, gt) or (name, image)
+    tuples, dicts with lq/gt (or input/target), or objects with .lq/.gt attributes."""
+    if calib is None:
+        raise ConfigError("QAT needs calibration images (a recipe such as --calib all)")
+    pairs = []
+    for item in calib:
+        lq, gt, task = _split_item(item)
+        lq = _chw(lq, channels)
+        gt = None if gt is None else _chw(gt, channels)
+        if gt is not None and gt.shape != lq.shape:
+            raise ConfigError(f"calibration pair shapes differ: {tuple(lq.shape)} vs {tuple(gt.shape)}")
+        pairs.append(Pair(lq, gt, task))
+    if not pairs:
+        raise ConfigError("the calibration set is empty")
+    return pairs
+
+
+def _split_item(item):
+    if isinstance(item, Pair):
+        return item.lq, item.gt, item.task
+    if isinstance(item, dict):
+        lq = next((item[k] for k in ("lq", "input", "image") if k in item), None)
+        if lq is None:
+            raise ConfigError(f"calibration item has none of lq/input/image: {sorted(item)}")
+        return lq, item.get("gt", item.get("target")), str(item.get("task", ""))
+    if hasattr(item, "lq"):
+        return item.lq, getattr(item, "gt", None), str(getattr(item, "task", ""))
+    if isinstance(item, (tuple, list)) and len(item) == 2:
+        if isinstance(item[0], str):
+            return item[1], None, ""
+        return item[0], item[1], ""
+    return item, None, ""
+
+
+def _chw(arr, channels: int) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(arr, dtype=np.float32))
+    if t.dim() == 4 and t.shape[0] == 1:
+        t = t[0]
+    if t.dim() == 2:
+        t = t[None]
+    if t.dim() != 3:
+        raise ConfigError(f"calibration images must be (H, W, C) or (C, H, W), got shape {tuple(t.shape)}")
+    if t.shape[0] not in (1, 3) and t.shape[2] in (1, 3):
+        t = t.permute(2, 0, 1)
+    if t.shape[0] != channels:
+        t = t.mean(0, keepdim=True) if channels == 1 else t[:1].expand(channels, -1, -1)
+    if not torch.isfinite(t).all():
+        raise ConfigError("calibration images hold NaN or infinite values")
+    return t.clamp(0, 1).contiguous()
+
+
+def random_batch(pairs: list[Pair], batch: int, crop: int, gen: torch.Generator):
+    """(lq, gt or None) batches of random aligned crops with random flips."""
+    lqs, gts = [], []
+    with_gt = all(p.gt is not None for p in pairs)
+    for _ in range(batch):
+        p = pairs[int(torch.randint(len(pairs), (1,), generator=gen))]
+        stack = p.lq if not with_gt else torch.cat([p.lq, p.gt])
+        stack = _fit(stack, crop)
+        top = int(torch.randint(stack.shape[1] - crop + 1, (1,), generator=gen))
+        left = int(torch.randint(stack.shape[2] - crop + 1, (1,), generator=gen))
+        stack = stack[:, top:top + crop, left:left + crop]
+        if torch.rand(1, generator=gen) < 0.5:
+            stack = stack.flip(2)
+        if torch.rand(1, generator=gen) < 0.5:
+            stack = stack.flip(1)
+        c = p.lq.shape[0]
+        lqs.append(stack[:c])
+        gts.append(stack[c:] if with_gt else None)
+    return torch.stack(lqs), (torch.stack(gts) if with_gt else None)
+
+
+def _fit(t: torch.Tensor, size: int) -> torch.Tensor:
+    ph, pw = max(0, size - t.shape[1]), max(0, size - t.shape[2])
+    if ph or pw:
+        t = F.pad(t[None], (0, pw, 0, ph), mode="replicate")[0]
+    return t
+
+
+def calibration_batches(pairs: list[Pair], count: int, batch: int, crop: int, seed: int):
+    gen = torch.Generator().manual_seed(seed + 1)
+    return [random_batch(pairs, batch, crop, gen)[0] for _ in range(count)]
+
+
+def run_padded(module, x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Run on x padded (replicate) to a multiple of `multiple`, crop back (PT2E programs need it)."""
+    h, w = x.shape[2], x.shape[3]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    return module(x)[:, :, :h, :w]
+
+
+@torch.no_grad()
+def evaluate(module, val: dict, multiple: int, batch: int = 4) -> dict:
+    """{task: mean PSNR (dB), `core.metrics.mean_psnr`} of `module` on `val` = {task: (lq, gt)} tensors
+    (N, C, H, W), the output clipped to [0, 1]."""
+    out = {}
+    with frozen_observers(module):
+        for task, (lq, gt) in val.items():
+            scores = []
+            for i in range(0, lq.shape[0], batch):
+                pred = run_padded(module, lq[i:i + batch], multiple)
+                scores += batch_psnr(gt[i:i + batch].numpy(), pred.numpy(), clip=True)
+            out[task] = mean_psnr(scores)
+    return out
+
+
+def drops(reference: dict, quantized: dict) -> dict:
+    """Per-task PSNR drop (dB) plus "worst" and "mean"."""
+    per = {t: reference[t] - quantized[t] for t in reference}
+    return {"tasks": per, "worst": max(per.values()), "mean": float(np.mean(list(per.values())))}
+
+
+def train(prepared, ref_model, pairs, cfg, *, log=None, state_dir=None, frozen=()) -> dict:
+    """Distil `ref_model` into the fake-quant `prepared` for cfg.steps steps (in place).
+
+    Loss: L1 to the reference output, plus cfg.gt_weight * L1 to the ground truth when every
+    calibration item has one. Observers freeze at cfg.freeze_observers_at of the steps. With
+    `state_dir`, state is saved atomically every cfg.checkpoint_every steps and resumed from there.
+    Parameters under the module names in `frozen` are not trained.
+    """
+    prefixes = tuple(f"{name}." for name in frozen)
+    params = [p for n, p in prepared.named_parameters() if p.requires_grad and not n.startswith(prefixes)]
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.steps, 1), eta_min=cfg.lr * 0.05)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    freeze_at = int(round(cfg.freeze_observers_at * cfg.steps))
+    start, history = 0, []
+    state_path = Path(state_dir) / STATE_FILE if state_dir else None
+    if state_path is not None and state_path.is_file():
+        start, history = _load_state(state_path, cfg, prepared, opt, sched, gen)
+    use_gt = cfg.gt_weight > 0 and all(p.gt is not None for p in pairs)
+    for step in range(start, cfg.steps):
+        set_observers(prepared, step < freeze_at)
+        lq, gt = random_batch(pairs, cfg.batch_size, cfg.crop, gen)
+        with torch.no_grad():
+            target = ref_model(lq)
+        out = prepared(lq)
+        loss = F.l1_loss(out, target)
+        if use_gt:
+            loss = loss + cfg.gt_weight * F.l1_loss(out, gt)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        history.append(loss.item())
+        if log is not None:
+            log(step + 1, history[-1])
+        if state_path is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+            _save_state(state_path, cfg, step + 1, prepared, opt, sched, gen, history)
+    set_observers(prepared, False)
+    tail = history[-max(1, len(history) // 10):]
+    return {"steps": cfg.steps, "loss_first": history[0] if history else None,
+            "loss_last_10pct": float(np.mean(tail)) if history else None, "resumed_from": start}
+
+
+def config_key(cfg) -> str:
+    """Hash of the settings a resumed run must share with the saved one."""
+    keys = ("target", "steps", "batch_size", "crop", "lr", "gt_weight", "seed", "freeze_observers_at")
+    blob = json.dumps({k: getattr(cfg, k) for k in keys}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _save_state(path: Path, cfg, step, prepared, opt, sched, gen, history) -> None:
+    blob = {"key": config_key(cfg), "step": step, "model": prepared.state_dict(), "opt": opt.state_dict(),
+            "sched": sched.state_dict(), "gen": gen.get_state(), "history": torch.tensor(history)}
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
+
+
+def _load_state(path: Path, cfg, prepared, opt, sched, gen):
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if blob.get("key") != config_key(cfg):
+        raise ConfigError(f"{path} belongs to a QAT run with other settings; use another --resume-dir "
+                          "or delete that file")
+    prepared.load_state_dict(blob["model"])
+    opt.load_state_dict(blob["opt"])
+    sched.load_state_dict(blob["sched"])
+    gen.set_state(blob["gen"])
+    return int(blob["step"]), [float(v) for v in blob["history"]]

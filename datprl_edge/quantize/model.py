@@ -1,0 +1,16 @@
+"""Registers the "QuantizedModel" architecture: a saved QAT result (stage "qat" checkpoint).
+
+Building it re-runs the target's prepare on a fresh base model (see `datprl_edge.quantize.qat`), so that
+`load_model` can load a QAT checkpoint's fake-quant state like any other toolkit checkpoint.
+"""
+
+from __future__ import annotations
+
+from datprl_edge.models.registry import register_arch
+
+
+@register_arch("QuantizedModel")
+def build_quantized_model(**options):
+    from datprl_edge.quantize.qat import build_quantized
+
+    return build_quantized(**options)

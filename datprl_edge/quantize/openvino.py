@@ -1,0 +1,137 @@
+"""INT8 quantizer settings of the OpenVINO target: NNCF quantization-aware training.
+
+Stack: `nncf.quantize(torch_module, nncf.Dataset(...))` inserts NNCF's OpenVINO-tuned fake
+quantizers (symmetric int8, trainable scales) and initialises them on the calibration images;
+QAT then fine-tunes weights and scales together. `openvino.convert_model(converted,
+example_input=...)` turns the quantizers into FakeQuantize ops that the OpenVINO CPU plugin runs
+in INT8.
+
+Why not torchao PT2E with NNCF's `OpenVINOQuantizer` (checked with the pinned versions): nncf 3.4
+no longer ships it; it now lives in executorch's OpenVINO backend, which pulls in executorch and a
+dozen more packages (hydra, pandas, tokenizers, ...). With those on the path it imports, but it
+is a post-training quantizer (plain observers, no fake quant in training, so `prepare_qat_pt2e`
+would train without simulating INT8), and on this model it fails at the first forward: it puts a
+per-channel weight observer on the prompt pools' LayerNorm bias. NNCF's own torch QAT is the
+path NNCF documents for training.
+
+NNCF compiles a small C++ extension on first use (cached under ~/.cache/torch_extensions; about a
+minute on two cores; without a compiler it falls back to plain torch ops). The load timeout is
+lifted so a slow first build does not fail.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+from datprl_edge.quantize.scope import PROMPT_PATH
+
+TARGET = "openvino"
+STACK = "NNCF QAT (nncf.quantize on the torch module, then fine-tuning)"
+SCHEME = {
+    "target": TARGET,
+    "stack": STACK,
+    "quantizer": "nncf.quantize(preset=PERFORMANCE, target_device=CPU): NNCF's OpenVINO quantizer placement",
+    "weights": "int8 symmetric per output channel (NNCF), scales trained in QAT",
+    "activations": ("8-bit symmetric per tensor on op inputs (signed or unsigned from the data), "
+                    "trainable scales"),
+    "float_by_design": PROMPT_PATH,
+    "float_layer_semantics": "NNCF ignored scope: the layer's weight and input quantizers are removed",
+    "converted": "the NNCF-quantized torch module in eval mode",
+    "export": "openvino.convert_model(converted, example_input=x, input=[PartialShape([-1, C, -1, -1])])",
+    "input_sizes": "any H and W for the torch module; convert with a dynamic PartialShape",
+    "why": ("NNCF's OpenVINOQuantizer for PT2E moved to executorch (not installable beside torch 2.13 "
+            "without a dozen extra packages) and is post-training only; NNCF QAT is the supported path"),
+}
+
+_untraced = False
+
+
+def _nncf():
+    os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "0")
+    import nncf
+    import nncf.torch  # noqa: F401
+
+    _untrace_prompt_path()
+    return nncf
+
+
+def _untrace_prompt_path() -> None:
+    """Hide the prompt path from NNCF's tracer so that it places no quantizer there.
+
+    `nncf.torch.disable_tracing` patches the class methods once per process; outside NNCF's
+    tracing mode the patched methods behave exactly as before.
+    """
+    global _untraced
+    if _untraced:
+        return
+    from nncf.torch import disable_tracing
+
+    from datprl_edge.models import registry
+    from datprl_edge.models.prompt_pool import PromptPool
+    from datprl_edge.models.student_blocks import GatedFiLM, QueryMapper
+
+    registry.list_archs()  # imports every model module, so that subclasses (folded pools) exist
+    methods = {QueryMapper: ("forward",), PromptPool: ("route", "compose", "compose_dense"),
+               GatedFiLM: ("terms",)}
+    for base, names in methods.items():
+        for cls in _with_subclasses(base):
+            for name in names:
+                if name in vars(cls):  # each override once, where it is defined
+                    disable_tracing(getattr(cls, name))
+    _untraced = True
+
+
+def _with_subclasses(cls) -> list:
+    out = [cls]
+    for sub in cls.__subclasses__():
+        out += _with_subclasses(sub)
+    return out
+
+
+def prepare(model, example_inputs, float_layers=(), calib=None):
+    """NNCF-quantized copy of `model`, ranges initialised on `calib` (tensors) or the example."""
+    import torch
+
+    nncf = _nncf()
+    model = copy.deepcopy(model).eval()
+    data = list(calib) if calib is not None else [example_inputs[0]]
+    ignored = nncf.IgnoredScope(names=nncf_node_names(model, example_inputs[0], float_layers))
+    with torch.no_grad():
+        q = nncf.quantize(model, nncf.Dataset(data), subset_size=len(data),
+                          preset=nncf.QuantizationPreset.PERFORMANCE, target_device=nncf.TargetDevice.CPU,
+                          ignored_scope=ignored)
+    return q.eval()
+
+
+def nncf_node_names(model, example, layers) -> list[str]:
+    """NNCF graph names of the ops that use each layer's weight (found through the weight node)."""
+    if not layers:
+        return []
+    _nncf()
+    from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import build_nncf_graph
+
+    graph = build_nncf_graph(model, example)
+    names = []
+    for layer in layers:
+        node = graph.get_node_by_name(f"{layer}.weight")
+        names += [n.node_name for n in graph.get_next_nodes(node)]
+    return names
+
+
+def convert(prepared):
+    """An eval-mode copy of the quantized module, ready for `openvino.convert_model`."""
+    return copy.deepcopy(prepared).eval()
+
+
+def backend_state(prepared) -> dict:
+    """NNCF's own description of the inserted quantizers (JSON), to rebuild before loading state."""
+    nncf = _nncf()
+    return {"nncf_config": nncf.torch.get_config(prepared)}
+
+
+def rebuild(model, example_inputs, float_layers=(), backend_state=None):
+    nncf = _nncf()
+    if not backend_state or "nncf_config" not in backend_state:
+        return prepare(model, example_inputs, float_layers)
+    return nncf.torch.load_from_config(copy.deepcopy(model).eval(), backend_state["nncf_config"]).eval()

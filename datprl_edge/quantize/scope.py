@@ -1,0 +1,162 @@
+"""What INT8 quantization touches in a model, shared by the three target quantizers.
+
+Layers are named by their module path ("decoders.0.0.conv1"). The prompt path (query mappers,
+prompt pools and the FiLM prompt projections) works on pooled (B, C) vectors: it costs almost
+nothing, and quantizing its activations can flip the discrete top-k prompt choice, so every scheme
+keeps its activations in float by design. The ONNX scheme still stores its conv / linear weights as
+int8 (weight-only, per output channel: the top-k sees float activations); the others keep it fully
+float. `float_layers` are pixel-path layers the user or the sensitivity search keeps in float on
+top of that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from datprl_edge.core.errors import ConfigError, UnknownChoiceError
+
+PROMPT_PATH = "query mappers, prompt pools and FiLM prompt projections (pooled (B, C) vectors)"
+# Shapes the INT8 programs are prepared with; H and W must stay multiples of the pad multiple.
+EXAMPLE_SIZE = 64
+EXAMPLE_BATCH = 2
+
+
+def _prompt_types():
+    from datprl_edge.models.prompt_pool import PromptPool
+    from datprl_edge.models.student_blocks import GatedFiLM, QueryMapper
+
+    return (QueryMapper, PromptPool), GatedFiLM
+
+
+def prompt_path_modules(model) -> list[str]:
+    """Names of the outermost query-mapper / prompt-pool modules (float activations in every scheme)."""
+    routing, _ = _prompt_types()
+    return _outermost(model, routing)
+
+
+def film_modules(model) -> list[str]:
+    """Names of the gated-FiLM modules (their prompt projection is part of the prompt path)."""
+    _, film = _prompt_types()
+    return _outermost(model, (film,))
+
+
+def _outermost(model, types) -> list[str]:
+    names: list[str] = []
+    for name, mod in model.named_modules():
+        if name and isinstance(mod, types) and not any(name.startswith(p + ".") for p in names):
+            names.append(name)
+    return names
+
+
+def quantizable_layers(model) -> list[str]:
+    """Conv2d / Linear layers that INT8 schemes quantize (pixel path), in module order."""
+    from torch import nn
+
+    skip = prompt_path_modules(model) + film_modules(model)
+    return [name for name, mod in model.named_modules()
+            if isinstance(mod, (nn.Conv2d, nn.Linear)) and not _under(name, skip)]
+
+
+def _under(name: str, prefixes) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def check_float_layers(model, float_layers) -> tuple[str, ...]:
+    """Validated, de-duplicated layer names in module order."""
+    if isinstance(float_layers, str):
+        float_layers = [s for s in float_layers.split(",") if s.strip()]
+    wanted = [str(s).strip() for s in (float_layers or ())]
+    layers = quantizable_layers(model)
+    for name in wanted:
+        if name not in layers:
+            raise UnknownChoiceError("quantizable layer", name, layers or ["(none)"])
+    return tuple(n for n in layers if n in set(wanted))
+
+
+def example_inputs(model, size: int = EXAMPLE_SIZE, batch: int = EXAMPLE_BATCH):
+    """A fixed example batch (B, C, size, size) for tracing/exporting `model`."""
+    import torch
+
+    channels = int(getattr(model, "img_channel", 3))
+    multiple = int(getattr(model, "pad_multiple", 8))
+    if size % multiple or size < 2 * multiple:
+        raise ConfigError(f"example size {size} must be a multiple of the pad multiple {multiple} "
+                          f"and at least {2 * multiple}")
+    gen = torch.Generator().manual_seed(0)
+    return (torch.rand(batch, channels, size, size, generator=gen),)
+
+
+def fake_quant_modules(prepared) -> list:
+    """Fake-quant modules that carry a running observer (torchao PT2E and torch.ao styles)."""
+    return [m for m in prepared.modules()
+            if hasattr(m, "observer_enabled") and hasattr(m, "fake_quant_enabled")]
+
+
+def set_observers(prepared, enabled: bool) -> None:
+    for m in fake_quant_modules(prepared):
+        m.observer_enabled[0] = 1 if enabled else 0
+
+
+@contextlib.contextmanager
+def frozen_observers(prepared):
+    """Evaluate without moving any quantization range; restores the previous observer state."""
+    mods = fake_quant_modules(prepared)
+    before = [int(m.observer_enabled[0]) for m in mods]
+    for m in mods:
+        m.observer_enabled[0] = 0
+    try:
+        yield prepared
+    finally:
+        for m, b in zip(mods, before):
+            m.observer_enabled[0] = b
+
+
+CALIBRATION_RANGES = ("mean", "extremes")
+
+
+def calibrate(prepared, batches, ranges: str = "mean") -> int:
+    """Set activation ranges from `batches` (tensors) with fake quant on; returns the batch count.
+
+    `ranges` "mean": each range is the mean of the per-batch min/max (the moving-average observers
+    would otherwise keep mostly the first batch's range, so the averaging constant is set to
+    1/(k+1) for batch k and restored afterwards for training). "extremes": the lowest min and
+    highest max over all batches, so no calibration activation is clipped (a scheme whose integer
+    runtime saturates its residual sums prefers this; see the target's SCHEME["calibration"]).
+    """
+    import torch
+
+    if ranges not in CALIBRATION_RANGES:
+        raise ConfigError(f"calibration ranges must be one of {CALIBRATION_RANGES}, got {ranges!r}")
+    mods = [m for m in fake_quant_modules(prepared)
+            if hasattr(getattr(m, "activation_post_process", None), "averaging_constant")]
+    observers = [m.activation_post_process for m in mods]
+    saved = [o.averaging_constant for o in observers]
+    lows: list = [None] * len(observers)
+    highs: list = [None] * len(observers)
+    set_observers(prepared, True)
+    count = 0
+    try:
+        with torch.no_grad():
+            for k, x in enumerate(batches):
+                for o in observers:
+                    o.averaging_constant = 1.0 if ranges == "extremes" else 1.0 / (k + 1)
+                prepared(x)
+                count += 1
+                if ranges == "extremes":
+                    for i, o in enumerate(observers):
+                        lo, hi = o.min_val.clone(), o.max_val.clone()
+                        lows[i] = lo if lows[i] is None else torch.minimum(lows[i], lo)
+                        highs[i] = hi if highs[i] is None else torch.maximum(highs[i], hi)
+        if ranges == "extremes" and count:
+            for m, o, lo, hi in zip(mods, observers, lows, highs):
+                o.min_val.copy_(lo)
+                o.max_val.copy_(hi)
+                scale, zero_point = o.calculate_qparams()
+                m.scale.resize_(scale.shape).copy_(scale)
+                m.zero_point.resize_(zero_point.shape).copy_(zero_point)
+    finally:
+        for o, c in zip(observers, saved):
+            o.averaging_constant = c
+    if count == 0:
+        raise ConfigError("calibration needs at least one batch of images")
+    return count

@@ -1,0 +1,109 @@
+"""Accuracy-aware mixed precision: keep the most sensitive layers in float until the INT8
+validation drop is within budget.
+
+1. Ranking. One calibrated PT2E fake-quant model of the ONNX scheme (the same for every target:
+   it can switch single layers off without re-preparing); a layer's sensitivity is how much the
+   worst-task PSNR drop shrinks when only that layer's weight and output quantizers are off.
+2. Greedy choice on that model: switch layers off in ranking order until the drop is within
+   budget.
+3. Check with the target's own quantizer (prepare, calibrate, QAT): first with no float layer
+   (QAT alone may already be within budget), then with the greedy choice, then adding the next
+   layers in ranking order (at most `MAX_ROUNDS` tries). The config records the ranking, the
+   choice and every measured drop.
+"""
+
+from __future__ import annotations
+
+from datprl_edge.quantize.loop import drops, evaluate
+from datprl_edge.quantize.scope import calibrate, frozen_observers, quantizable_layers
+
+MAX_ROUNDS = 4
+
+
+def rank_layers(base, example, batches, val, fp32, float_layers, multiple):
+    """[(layer, gain_db)] sorted by gain (most sensitive first), plus the proxy model's full drop."""
+    from datprl_edge.quantize import onnx as onnx_quant
+
+    proxy = onnx_quant.prepare(base, example, float_layers)
+    calibrate(proxy, batches, ranges=onnx_quant.SCHEME["calibration"])
+    full = drops(fp32, evaluate(proxy, val, multiple))["worst"]
+    ranking = []
+    with frozen_observers(proxy):
+        for layer in [n for n in quantizable_layers(base) if n not in float_layers]:
+            mods = onnx_quant.layer_fake_quants(proxy, layer)
+            with _switched_off(mods):
+                gain = full - drops(fp32, evaluate(proxy, val, multiple))["worst"]
+            ranking.append((layer, float(gain)))
+    ranking.sort(key=lambda kv: -kv[1])
+    return proxy, ranking, full
+
+
+def greedy_count(proxy, ranking, val, fp32, max_drop, multiple) -> tuple[int, list]:
+    """How many top-ranked layers the proxy needs in float for a drop within `max_drop`."""
+    from datprl_edge.quantize import onnx as onnx_quant
+
+    trace, off = [], []
+    with frozen_observers(proxy):
+        try:
+            for k, (layer, _gain) in enumerate(ranking, start=1):
+                mods = onnx_quant.layer_fake_quants(proxy, layer)
+                for m in mods:
+                    m.disable_fake_quant()
+                off += mods
+                worst = drops(fp32, evaluate(proxy, val, multiple))["worst"]
+                trace.append([k, float(worst)])
+                if worst <= max_drop:
+                    return k, trace
+        finally:
+            for m in off:
+                m.enable_fake_quant()
+    return len(ranking), trace
+
+
+def search(base, config, example, batches, val, fp32, user_float, build, say):
+    """(prepared, float_layers, report) for `config.max_drop`; `build(floats)` makes the real model."""
+    multiple = int(getattr(base, "pad_multiple", 8))
+    user_float = tuple(user_float)
+    say("sensitivity: ranking layers on the PT2E proxy")
+    proxy, ranking, full = rank_layers(base, example, batches, val, fp32, user_float, multiple)
+    if full <= config.max_drop:
+        k, trace = 0, []
+    else:
+        k, trace = greedy_count(proxy, ranking, val, fp32, config.max_drop, multiple)
+    rounds = []
+    order = [name for name, _ in ranking]
+    tries, n = [0] + ([k] if k else []), 0
+    while True:
+        n = tries.pop(0) if tries else min(len(order), max(n + 1, 2 * n))
+        floats = _in_model_order(base, user_float + tuple(order[:n]))
+        say(f"sensitivity: {config.target} with {len(floats)} float layer(s)")
+        prepared = build(floats)
+        measured = drops(fp32, evaluate(prepared, val, multiple))
+        rounds.append({"float_layers": list(floats), "drop_worst": measured["worst"],
+                       "drop_mean": measured["mean"]})
+        if measured["worst"] <= config.max_drop or n >= len(order) or len(rounds) >= MAX_ROUNDS:
+            break
+    report = {"budget_db": config.max_drop, "metric": "worst-task PSNR drop vs FP32 (dB)",
+              "ranking_scheme": "onnx PT2E proxy, one layer's weight+output quantizers off",
+              "proxy_drop_all_int8": float(full),
+              "ranking": [[layer, g] for layer, g in ranking], "proxy_greedy": trace, "rounds": rounds,
+              "within_budget": rounds[-1]["drop_worst"] <= config.max_drop}
+    return prepared, floats, report
+
+
+def _in_model_order(base, names) -> tuple:
+    wanted = set(names)
+    return tuple(n for n in quantizable_layers(base) if n in wanted)
+
+
+class _switched_off:
+    def __init__(self, mods):
+        self.mods = mods
+
+    def __enter__(self):
+        for m in self.mods:
+            m.disable_fake_quant()
+
+    def __exit__(self, *exc):
+        for m in self.mods:
+            m.enable_fake_quant()

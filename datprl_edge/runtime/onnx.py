@@ -1,0 +1,157 @@
+"""ONNX target, runtime side: an onnxruntime session and a structural inspection of .onnx files.
+
+numpy + onnxruntime only (inspection also needs the `onnx` package); the exporter is export/onnx.py.
+"""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+from datprl_edge.core.artifacts import METADATA_PREFIX, artifact_size, require, strip_prefix
+from datprl_edge.core.errors import ArtifactError, ConfigError, InputNotFoundError
+from datprl_edge.runtime.session import ArtifactSession, env_threads
+
+
+class OnnxSession(ArtifactSession):
+    """An .onnx artifact in onnxruntime (CPU unless `providers` says otherwise)."""
+
+    target = "onnx"
+
+    # onnxruntime's x86 switch from U8S8 kernels (int16 pair sums without VNNI) to exact U8U8 ones
+    EXACT_INT8_OPTION = "session.x64quantprecision"
+
+    def __init__(self, path, providers=None, threads: int | None = None, exact_int8: bool = False):
+        self.path = Path(path)
+        self._threads, self._providers, self.exact_int8 = threads, providers, exact_int8
+        if not self.path.is_file():
+            raise InputNotFoundError(f"ONNX artifact not found: {self.path}")
+        ort = require("onnxruntime", purpose="running ONNX artifacts")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        threads = threads or env_threads()
+        if threads:
+            options.intra_op_num_threads = threads
+        if exact_int8:
+            options.add_session_config_entry(self.EXACT_INT8_OPTION, "1")
+        self._sess = _load(ort, self.path, options, providers)
+        self.metadata = strip_prefix(self._sess.get_modelmeta().custom_metadata_map.items())
+        inp = self._sess.get_inputs()[0]
+        self._input = inp.name
+        dims = list(inp.shape)
+        if len(dims) == 4 and all(isinstance(d, int) for d in dims[2:]):
+            self.static_hw = (dims[2], dims[3])
+        self.providers = self._sess.get_providers()
+
+    def _infer(self, x):
+        return self._sess.run(None, {self._input: x})[0]
+
+    def exact_int8_twin(self):
+        if self.exact_int8:
+            return None
+        return OnnxSession(self.path, providers=self._providers, threads=self._threads, exact_int8=True)
+
+
+def _load(ort, path: Path, options, providers=None):
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
+        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ArtifactError(f"onnxruntime cannot load {path.name}: {first}") from None
+
+
+def bench_options(job: dict) -> dict:
+    """OnnxSession options for one `bench` measurement (job: threads, device)."""
+    return {"threads": job["threads"], "providers": providers_for(str(job.get("device") or "CPU"))}
+
+
+def providers_for(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    if device.upper() == "CPU":
+        return ["CPUExecutionProvider"]
+    available = ort.get_available_providers()
+    wanted = {"GPU": ("CUDAExecutionProvider", "ROCMExecutionProvider", "DmlExecutionProvider"),
+              "NPU": ("QNNExecutionProvider", "VitisAIExecutionProvider", "OpenVINOExecutionProvider")}
+    for name in wanted.get(device.upper(), ()):
+        if name in available:
+            return [name, "CPUExecutionProvider"]
+    raise ConfigError(f"onnxruntime here has no {device} provider (available: {', '.join(available)}); "
+                      "install a GPU/NPU build of onnxruntime or use --device CPU")
+
+
+def bench_details(session, options: dict) -> dict:
+    """What a `bench` result records about the runtime it ran in, besides its name and version."""
+    first = options["providers"][0]
+    return {"device": "CPU" if first == "CPUExecutionProvider" else first,
+            "providers": list(getattr(session, "providers", options["providers"])),
+            "intra_op_num_threads": options["threads"]}
+
+
+INTEGER_CONVS = ("QLinearConv", "ConvInteger")
+FLOAT_CONVS = ("Conv", "FusedConv", "NchwcConv")
+
+
+def runtime_kernels(path, threads: int = 1) -> dict:
+    """What onnxruntime's CPU provider runs after its graph optimizations (QDQ fusion, layout
+    transforms): the op histogram of the optimized graph and its integer vs float convolutions."""
+    import tempfile
+
+    onnx = require("onnx", purpose="inspecting ONNX files")
+    ort = require("onnxruntime", purpose="running ONNX artifacts")
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = threads
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        _load(ort, Path(path), options)
+        graph = onnx.load(options.optimized_model_filepath).graph
+    ops = collections.Counter(n.op_type for n in graph.node)
+    return {"ops": dict(sorted(ops.items())),
+            "integer_convs": sum(ops[k] for k in INTEGER_CONVS),
+            "float_convs": sum(ops[k] for k in FLOAT_CONVS)}
+
+
+def inspect_onnx(path) -> dict:
+    """Structure of an .onnx file: opset, inputs/outputs, op histogram, initializer bytes per dtype."""
+    onnx = require("onnx", purpose="inspecting ONNX files")
+    path = Path(path)
+    model = onnx.load(str(path))
+    try:
+        onnx.checker.check_model(model)
+        checker = "passed"
+    except onnx.checker.ValidationError as e:
+        checker = f"failed: {str(e).splitlines()[0][:200]}"
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    by_type: dict[str, int] = collections.Counter()
+    for init in model.graph.initializer:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
+        count = 1
+        for d in init.dims:
+            count *= d
+        by_type[str(dtype)] += count * dtype.itemsize
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    return {
+        "format": "onnx",
+        "checker": checker,
+        "opset": opset,
+        "inputs": {i.name: _dims(i) for i in model.graph.input},
+        "outputs": {o.name: _dims(o) for o in model.graph.output},
+        "ops": dict(sorted(ops.items())),
+        "weight_bytes": dict(sorted(by_type.items())),
+        "size_bytes": artifact_size(path),
+        "metadata": strip_prefix((p.key, p.value) for p in model.metadata_props),
+    }
+
+
+def read_metadata(path) -> dict:
+    onnx = require("onnx", purpose="reading ONNX metadata")
+    model = onnx.load(str(path), load_external_data=False)
+    return strip_prefix((p.key, p.value) for p in model.metadata_props)
+
+
+def _dims(value_info) -> list:
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+__all__ = ["OnnxSession", "inspect_onnx", "read_metadata", "METADATA_PREFIX"]

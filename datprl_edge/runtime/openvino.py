@@ -1,0 +1,139 @@
+"""OpenVINO target, runtime side: a compiled-model session and a structural inspection of IR files.
+
+numpy + openvino only; the exporter is export/openvino.py. Metadata lives in the model's rt_info
+under the key "datprl_edge".
+"""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+from datprl_edge.core.artifacts import artifact_size, require
+from datprl_edge.core.errors import ArtifactError, ConfigError, InputNotFoundError
+from datprl_edge.runtime.session import ArtifactSession, env_threads
+
+RT_INFO_KEY = "datprl_edge"
+
+
+class OpenVINOSession(ArtifactSession):
+    """An OpenVINO IR (.xml + .bin) compiled for `device`.
+
+    `inference_precision` defaults to "f32": some CPUs otherwise run FP32 IRs in bf16, which is
+    a device choice, not the artifact's numbers. Pass None to keep the device default.
+    """
+
+    target = "openvino"
+
+    def __init__(self, path, device: str = "CPU", inference_precision: str | None = "f32",
+                 threads: int | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InputNotFoundError(f"OpenVINO artifact not found: {self.path}")
+        if not self.path.with_suffix(".bin").is_file():
+            weights = self.path.with_suffix(".bin").name
+            raise ArtifactError(f"{self.path.name} needs its weights file {weights} beside it")
+        ov = require("openvino", purpose="running OpenVINO artifacts")
+        core = ov.Core()
+        try:
+            model = core.read_model(str(self.path))
+        except RuntimeError as e:
+            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise ArtifactError(f"OpenVINO cannot read {self.path.name}: {first}") from None
+        self.metadata = rt_metadata(model)
+        shape = model.input(0).get_partial_shape()
+        if shape.is_static:
+            dims = [d.get_length() for d in shape]
+            self.static_hw = (dims[2], dims[3])
+        config = {}
+        if inference_precision:
+            config["INFERENCE_PRECISION_HINT"] = inference_precision
+        threads = threads or env_threads()
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.device = device
+        self._compiled = core.compile_model(model, device, config)
+        self._request = self._compiled.create_infer_request()
+
+    def _infer(self, x):
+        return self._request.infer({0: x})[0].copy()
+
+
+def rt_metadata(model) -> dict:
+    info = model.get_rt_info()
+    if RT_INFO_KEY not in info:
+        return {}
+    return {k: model.get_rt_info([RT_INFO_KEY, k]).astype(str) for k in dict(info[RT_INFO_KEY])}
+
+
+def read_metadata(path) -> dict:
+    ov = require("openvino", purpose="reading OpenVINO metadata")
+    return rt_metadata(ov.Core().read_model(str(path)))
+
+
+def available_devices() -> list[str]:
+    return list(require("openvino", purpose="listing OpenVINO devices").Core().available_devices)
+
+
+def bench_options(job: dict) -> dict:
+    """OpenVINOSession options for one `bench` measurement (job: threads, device, inference_precision)."""
+    precision = job.get("inference_precision", "f32")
+    return {"threads": job["threads"], "device": checked_device(str(job.get("device") or "CPU")),
+            "inference_precision": None if precision in (None, "default") else precision}
+
+
+def checked_device(device: str) -> str:
+    devices = available_devices()
+    key = device.upper()
+    if key in devices or any(d.split(".")[0] == key for d in devices) or key.startswith(("AUTO", "HETERO")):
+        return key
+    raise ConfigError(f"OpenVINO does not list device {device} here; it lists {', '.join(devices)}")
+
+
+def bench_details(session, options: dict) -> dict:
+    """What a `bench` result records about the runtime it ran in, besides its name and version."""
+    import openvino as ov
+
+    core, device = ov.Core(), options["device"]
+    compiled = getattr(session, "_compiled", None)
+    details = {"device": device, "build": ov.get_version(),
+               "device_name": _safe(lambda: core.get_property(device.split(":")[0], "FULL_DEVICE_NAME")),
+               "inference_precision_hint_requested": options["inference_precision"] or "device default"}
+    if compiled is not None:
+        for key in ("INFERENCE_PRECISION_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT"):
+            details[key.lower()] = _safe(lambda k=key: _property_text(compiled.get_property(k)))
+    return details
+
+
+def _property_text(value) -> str:
+    # element types (INFERENCE_PRECISION_HINT) print as "<Type: 'float32'>"; their name is "f32"
+    return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+
+
+def _safe(fn):
+    try:
+        return fn()
+    except Exception:  # a property this device or version does not have
+        return None
+
+
+def inspect_openvino(path) -> dict:
+    """Structure of an IR: inputs/outputs, op histogram, constant bytes per element type."""
+    ov = require("openvino", purpose="inspecting OpenVINO IR")
+    path = Path(path)
+    model = ov.Core().read_model(str(path))
+    ops = collections.Counter(op.get_type_name() for op in model.get_ops())
+    const_bytes: dict[str, int] = collections.Counter()
+    for op in model.get_ops():
+        if op.get_type_name() == "Constant":
+            et = op.get_output_element_type(0)
+            const_bytes[et.get_type_name()] += op.get_byte_size()
+    return {
+        "format": "openvino-ir",
+        "inputs": {next(iter(i.get_names()), "?"): str(i.get_partial_shape()) for i in model.inputs},
+        "outputs": {next(iter(o.get_names()), "?"): str(o.get_partial_shape()) for o in model.outputs},
+        "ops": dict(sorted(ops.items())),
+        "weight_bytes": dict(sorted(const_bytes.items())),
+        "size_bytes": artifact_size(path),
+        "metadata": rt_metadata(model),
+    }

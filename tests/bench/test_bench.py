@@ -1,0 +1,191 @@
+"""`datprl-edge bench` runs with numpy + the runtime only: torch (and every other third-party package)
+is blocked in every process it starts."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino")
+
+from torchblock import ALL_BUT_NUMPY_AND_RUNTIMES, error_line, no_torch_env, run_cli  # noqa: E402
+
+from datprl_edge.bench.driver import BenchConfig, plan_jobs, summary_lines  # noqa: E402
+from datprl_edge.core.errors import ConfigError, UnknownChoiceError  # noqa: E402
+from datprl_edge.core.host import environment  # noqa: E402
+from datprl_edge.core.shapes import parse_hw  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    import torch
+
+    from datprl_edge.export.driver import ExportConfig, export_model
+    from datprl_edge.models.registry import create_model
+
+    out = tmp_path_factory.mktemp("bench-artifacts")
+    torch.manual_seed(0)
+    model = create_model("edge-xs")
+    config = ExportConfig(targets=("onnx", "openvino"), precision="fp32", model_name="edge-xs",
+                          verify_images=1, verify_size=(40, 48))
+    reports = export_model(model, config, out)
+    static = ExportConfig(targets=("onnx",), precision="fp32", model_name="edge-xs-static",
+                          shapes=((32, 32),), verify_images=1, tile_size=32, tile_overlap=8)
+    reports += export_model(model, static, out)
+    return {(r.target, r.metadata["shapes"] == "dynamic"): r.path for r in reports}
+
+
+@pytest.fixture(scope="module")
+def no_torch(tmp_path_factory):
+    return no_torch_env(tmp_path_factory.mktemp("no-torch"), blocked=ALL_BUT_NUMPY_AND_RUNTIMES)
+
+
+def test_the_blocker_really_blocks_torch(no_torch):
+    for module in ("torch", "skimage", "PIL"):
+        proc = subprocess.run([sys.executable, "-c", f"import {module}"], env=no_torch, capture_output=True,
+                              text=True)
+        assert proc.returncode != 0 and f"{module} is blocked" in proc.stderr
+    proc = subprocess.run([sys.executable, "-c", "import numpy, onnxruntime, openvino"], env=no_torch)
+    assert proc.returncode == 0
+
+
+def test_bench_without_torch_writes_the_report(artifacts, no_torch, tmp_path):
+    onnx_path, ov_path = artifacts[("onnx", True)], artifacts[("openvino", True)]
+    out = tmp_path / "bench.json"
+    proc = run_cli(no_torch, "bench", onnx_path, ov_path, "--shape", "48x64", "--shape", "2100x16",
+                "--threads", "1", "--warmup", "1", "--iters", "4", "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "edge-xs_onnx_fp32.onnx" in proc.stdout and f"wrote {out}" in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["schema"] == "datprl-edge-bench/1"
+    assert report["command"].startswith("datprl-edge bench ") and "--iters 4" in report["command"]
+    env = report["environment"]
+    assert env["cpu_model"] and env["logical_cpus"] >= 1 and env["memory_total_mb"] > 0
+    assert env["versions"]["onnxruntime"] and env["versions"]["openvino"] and env["versions"]["numpy"]
+    results = report["results"]
+    assert [(r["target"], tuple(r["shape"])) for r in results] == [
+        ("onnx", (48, 64)), ("onnx", (2100, 16)), ("openvino", (48, 64)), ("openvino", (2100, 16))]
+    for r in results:
+        assert r["status"] == "ok" and r["torch_imported"] is False
+        assert r["iterations"] == 4 and len(r["latencies_ms"]) == 4
+        lat = r["latency_ms"]
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+        assert lat["min"] <= lat["mean"] <= lat["max"]
+        assert r["load_s"] > 0 and r["first_inference_ms"] > 0
+        assert r["throughput"]["images_per_s"] == pytest.approx(1e3 / lat["mean"], rel=1e-3)
+        assert r["peak_rss_mb"] >= r["rss_mb"]["after_load"] >= r["rss_mb"]["before_load"] > 0
+        assert r["precision"] == "fp32" and r["model_name"] == "edge-xs"
+    assert results[0]["runtime"]["intra_op_num_threads"] == 1
+    assert results[0]["tiled"] is None
+    assert results[1]["tiled"] == {"tile": 256, "overlap": 16, "tiles": 9}  # auto: a side above 2048
+    ov = results[2]["runtime"]
+    assert ov["inference_precision_hint"] == "f32" and ov["inference_num_threads"] == "1"
+    assert ov["device"] == "CPU" and ov["version"]
+
+
+def test_static_artifact_is_tiled_at_its_size(artifacts, no_torch, tmp_path):
+    out = tmp_path / "static.json"
+    proc = run_cli(no_torch, "bench", artifacts[("onnx", False)], "--shape", "40x72", "--iters", "1",
+                "--warmup", "0", "--threads", "1", "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    (r,) = json.loads(out.read_text())["results"]
+    assert r["tiled"] == {"tile": 32, "overlap": 8, "tiles": 2 * 3}
+    proc = run_cli(no_torch, "bench", artifacts[("onnx", False)], "--shape", "40x72", "--iters", "1",
+                "--tile", "off")
+    assert "takes 32x32 only; 40x72 needs tiling" in error_line(proc)
+
+
+def test_one_failing_artifact_is_recorded_and_the_others_are_measured(artifacts, tmp_path):
+    """A device install with onnxruntime but no openvino: the ONNX result is kept in the JSON, the
+    OpenVINO one is recorded as an error, and the command exits 2 at the end."""
+    env = no_torch_env(tmp_path / "env", blocked=ALL_BUT_NUMPY_AND_RUNTIMES + ("openvino",))
+    out = tmp_path / "bench.json"
+    proc = run_cli(env, "bench", artifacts[("onnx", True)], artifacts[("openvino", True)], "--shape", "16x16",
+                   "--iters", "2", "--warmup", "0", "--json", out)
+    line = error_line(proc)
+    assert "openvino" in line and "(1 of 2 measurements failed; the others are in the report)" in line
+    results = json.loads(out.read_text())["results"]
+    assert [r["status"] for r in results] == ["ok", "error"]
+    assert results[1]["target"] == "openvino" and results[1]["error_type"] == "MissingBackendError"
+    assert "FAILED" in proc.stdout
+
+
+def test_unknown_openvino_device_is_one_line(artifacts, no_torch):
+    proc = run_cli(no_torch, "bench", artifacts[("openvino", True)], "--shape", "16x16", "--iters", "1",
+                "--device", "NPU")
+    line = error_line(proc)
+    assert line.startswith("datprl-edge: error: OpenVINO does not list device NPU here; it lists")
+
+
+def test_missing_artifact_and_existing_output(artifacts, no_torch, tmp_path):
+    proc = run_cli(no_torch, "bench", tmp_path / "nope.onnx", "--iters", "1")
+    assert "artifact not found" in error_line(proc)
+    out = tmp_path / "taken.json"
+    out.write_text("{}")
+    proc = run_cli(no_torch, "bench", artifacts[("onnx", True)], "--iters", "1", "--json", out)
+    assert "exists; pass --overwrite" in error_line(proc) and out.read_text() == "{}"
+
+
+def test_torch_commands_on_a_device_install_say_what_to_install(no_torch):
+    proc = run_cli(no_torch, "inspect", "edge-xs")
+    assert error_line(proc).endswith("install it, or the toolkit with its extra: "
+                                     "pip install 'datprl-edge[torch]'")
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="Core ML predicts on macOS")
+def test_coreml_off_macos_says_so(no_torch, tmp_path):
+    package = tmp_path / "m_coreml_fp16.mlpackage"
+    package.mkdir()
+    proc = run_cli(no_torch, "bench", package, "--iters", "1")
+    assert error_line(proc) == ("datprl-edge: error: Core ML prediction needs macOS; "
+                                 "run this benchmark on a Mac")
+
+
+def test_coreml_is_skipped_beside_other_artifacts(artifacts, tmp_path):
+    package = tmp_path / "m_coreml_fp16.mlpackage"
+    package.mkdir()
+    config = BenchConfig(shapes=("16x16",), iters=1)
+    jobs, skipped = plan_jobs([artifacts[("onnx", True)], package], config)
+    if sys.platform == "darwin":
+        assert len(jobs) == 4 and not skipped
+    else:
+        assert len(jobs) == 1 and [s["compute_units"] for s in skipped] == ["ALL", "CPU_ONLY", "CPU_AND_NE"]
+
+
+def test_config_validation():
+    assert parse_hw("3840x2160") == (3840, 2160) and parse_hw("512") == (512, 512)
+    with pytest.raises(ConfigError, match="HxW"):
+        parse_hw("big")
+    with pytest.raises(ConfigError, match="--iters"):
+        BenchConfig(iters=0)
+    with pytest.raises(ConfigError, match="--tile"):
+        BenchConfig(tile="huge")
+    with pytest.raises(UnknownChoiceError, match="did you mean 'CPU_ONLY'"):
+        BenchConfig(compute_units=("CPU_ONLI",))
+    config = BenchConfig(shapes=("64x32",), iters=5)
+    assert config.shapes == ((64, 32),) and config.seconds is None and config.threads >= 1
+
+
+def test_isa_summary_names_the_int8_path():
+    from datprl_edge.core.host import isa_summary
+
+    assert isa_summary(["avx2", "avx512f", "avx512_vnni"]).startswith("AVX-512 VNNI")
+    assert isa_summary(["avx2", "avx_vnni"]).startswith("AVX VNNI")
+    assert "saturating int16" in isa_summary(["avx2", "fma"])
+    assert isa_summary(["avx2", "avx512f"]).endswith("AVX-512F")
+    assert isa_summary(["neon"]) == "Arm NEON" and isa_summary([]).startswith("no AVX2")
+
+
+def test_environment_and_summary():
+    env = environment()
+    assert env["python"].startswith("CPython") or env["python"]
+    assert isinstance(env["cpu_flags"], list) and env["isa"]  # which int8 kernels this CPU runs
+    assert env["logical_cpus"] >= 1 and "numpy" in env["versions"]
+    report = {"results": [{"status": "ok", "artifact": "a.onnx", "shape": [8, 8], "device": "CPU",
+                           "load_s": 0.1, "first_inference_ms": 2.0, "latency_ms": {"p50": 1.0, "p90": 1.5},
+                           "throughput": {"images_per_s": 900.0}, "peak_rss_mb": 80.0, "tiled": None}]}
+    lines = summary_lines(report)
+    assert len(lines) == 2 and "a.onnx" in lines[1] and "900.00" in lines[1]

@@ -1,0 +1,249 @@
+"""INT8 QAT per target: prepare/convert round trips, PTQ path, save/load, float layers, sensitivity."""
+
+import copy
+import dataclasses
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from conftest import run_cli  # noqa: E402
+
+from datprl_edge.core.errors import CheckpointError, ConfigError, UnknownChoiceError  # noqa: E402
+from datprl_edge.models.registry import create_model  # noqa: E402
+from datprl_edge.quantize.qat import QATConfig, load_qat, run_qat, save_qat  # noqa: E402
+from datprl_edge.quantize.scope import check_float_layers, example_inputs, frozen_observers  # noqa: E402
+
+SIZE = 32
+
+
+def _img(seed, n=2, h=SIZE, w=SIZE):
+    """Inside the calibration images' value range (the input quantizer clips outside it)."""
+    return 0.2 + 0.6 * torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+VAL = {"natural/denoise": (_img(1), _img(2))}
+
+
+def _calib(n=6, size=40, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        gt = rng.random((size, size, 3)).astype(np.float32) * 0.6 + 0.2
+        out.append({"lq": np.clip(gt + 0.05 * rng.standard_normal(gt.shape), 0, 1).astype(np.float32),
+                    "gt": gt, "task": "natural/denoise"})
+    return out
+
+
+def _cfg(target, steps=2, **kw):
+    return QATConfig(target=target, steps=steps, batch_size=2, crop=SIZE, calib_batches=2, val_images=2,
+                     example_size=SIZE, **kw)
+
+
+def _x(h=SIZE, w=SIZE):
+    return _img(3, 1, h, w)
+
+
+@pytest.fixture(scope="module")
+def student():
+    torch.manual_seed(0)
+    return create_model("edge-xs")
+
+
+@pytest.fixture(scope="module")
+def onnx_ptq(student):
+    return run_qat(student, _cfg("onnx", steps=0), _calib(), val=VAL)
+
+
+def test_config_validation():
+    with pytest.raises(UnknownChoiceError, match="did you mean 'onnx'"):
+        QATConfig(target="onnxx")
+    with pytest.raises(ConfigError, match="steps"):
+        QATConfig(target="onnx", steps=-1)
+    with pytest.raises(ConfigError, match="multiples of 8"):
+        QATConfig(target="onnx", crop=36)
+    with pytest.raises(ConfigError, match="max_drop"):
+        QATConfig(target="onnx", max_drop=-0.1)
+    assert QATConfig(target="onnx", float_layers="intro, ending").float_layers == ("intro", "ending")
+
+
+def test_float_layer_names_checked(student):
+    with pytest.raises(UnknownChoiceError, match="quantizable layer"):
+        check_float_layers(student, ["decoders.0.0.conv9"])
+    # prompt-path layers are float by design, so they are not choices
+    with pytest.raises(UnknownChoiceError):
+        check_float_layers(student, ["domain_mapper.proj"])
+
+
+@pytest.mark.parametrize("target", ["onnx", "openvino", "coreml"])
+def test_qat_round_trip(target, student, tmp_path):
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    result = run_qat(student, _cfg(target), _calib())
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items()), "input model mutated"
+    x = _x()
+    with torch.no_grad(), frozen_observers(result.prepared):
+        fq, ref = result.prepared(x), student(x)
+        assert fq.shape == ref.shape
+        assert 0 < (fq - ref).abs().max() < 0.2  # quantization noise, not a broken model
+        assert (result.converted()(x) - fq).abs().max() < 0.05
+    m = result.metrics
+    assert set(m["psnr_fp32"]) == {"natural/denoise"} and np.isfinite(m["drop_db"]["worst"])
+    # QAT trains the pixel path; the routing (query mappers, prompt pools) stays as it was
+    trained = dict(result.prepared.named_parameters())
+    routing = [k for k in before if k.startswith(("domain_mapper.", "degradation_prompt_pool."))]
+    assert routing and all(torch.equal(trained[k], before[k]) for k in routing if k in trained)
+    assert not torch.equal(trained["intro.weight"], before["intro.weight"])
+
+    path = save_qat(result, tmp_path / f"q-{target}.safetensors")
+    loaded = load_qat(path)
+    assert loaded.target == target and loaded.float_layers == result.float_layers
+    assert loaded.config.steps == 2 and loaded.scheme["target"] == target
+    with torch.no_grad():
+        assert torch.equal(loaded.prepared(x), result.prepared(x))
+    from datprl_edge.io.checkpoint import read_checkpoint_config
+
+    extra = read_checkpoint_config(path).extra
+    assert {"target", "scheme", "example_shape", "float_layers", "base_arch", "base_options", "steps",
+            "metrics"} <= set(extra)
+
+
+def test_ptq_is_calibration_only(student, onnx_ptq):
+    from datprl_edge.quantize import onnx as onnx_quant
+
+    state, own = onnx_ptq.prepared.state_dict(), student.state_dict()
+    # the ONNX scheme cuts each gated conv in halves (split_gates): `conv1.a` is conv1's first half
+    halves = {k: v for k, v in state.items() if k.endswith("conv1.a.weight")}
+    assert halves
+    assert all(torch.equal(v, own[k.replace("conv1.a", "conv1")][:len(v)]) for k, v in halves.items())
+    assert torch.equal(state["intro.weight"], own["intro.weight"])
+    assert onnx_ptq.source == "PTQ" and onnx_ptq.metrics["val_source"] == "given"
+    # the int8 ranges were set from the calibration images
+    mods = onnx_quant.layer_fake_quants(onnx_ptq.prepared, "intro")
+    assert mods and all(float(m.scale.min()) > 0 for m in mods)
+
+
+def test_float_layers_stay_float(student):
+    from datprl_edge.quantize import coreml as coreml_quant
+    from datprl_edge.quantize import onnx as onnx_quant
+    from datprl_edge.quantize import openvino as openvino_quant
+
+    ex = example_inputs(student, SIZE)
+    p = onnx_quant.prepare(student, ex, ("intro", "decoders.0.0.conv1"))
+    assert onnx_quant.layer_fake_quants(p, "intro") == []
+    assert onnx_quant.layer_fake_quants(p, "decoders.0.0.conv2")
+    p = coreml_quant.prepare(student, ex, ("intro", "decoders.0.0.conv1"))
+    assert isinstance(p.intro, torch.nn.Conv2d) and not hasattr(p.intro, "weight_fake_quant")
+    assert not hasattr(p.decoders[0][0].get_submodule("conv1"), "weight_fake_quant")
+    assert hasattr(p.decoders[0][0].get_submodule("conv2"), "weight_fake_quant")
+    assert openvino_quant.nncf_node_names(student, ex[0], ("intro",)) == ["intro/conv2d/0"]
+
+
+def test_sensitivity_keeps_layers_float(student, onnx_ptq):
+    full = onnx_ptq.metrics["drop_db"]["worst"]
+    budget = max(full / 2, 0.0)
+    result = run_qat(student, _cfg("onnx", steps=0, max_drop=budget), _calib(), val=VAL)
+    sens = result.metrics["sensitivity"]
+    assert len(sens["ranking"]) == 50 and sens["rounds"]
+    assert list(result.float_layers) == sens["rounds"][-1]["float_layers"]
+    if full > 0:
+        assert result.float_layers, "a drop over budget must float some layers"
+    assert sens["within_budget"] == (result.metrics["drop_db"]["worst"] <= budget)
+
+
+def test_resume_continues_from_saved_state(student, onnx_ptq, tmp_path):
+    from datprl_edge.quantize.loop import as_pairs, train
+
+    cfg = _cfg("onnx", steps=3, checkpoint_every=2)
+    pairs = as_pairs(_calib(), 3)
+    straight = copy.deepcopy(onnx_ptq.prepared)
+    train(straight, student, pairs, cfg)
+    train(copy.deepcopy(onnx_ptq.prepared), student, pairs, cfg, state_dir=tmp_path)  # saves at step 2
+    assert (tmp_path / "qat_state.pt").is_file()
+    resumed = copy.deepcopy(onnx_ptq.prepared)
+    info = train(resumed, student, pairs, cfg, state_dir=tmp_path)
+    assert info["resumed_from"] == 2
+    with torch.no_grad():
+        assert torch.allclose(resumed(_x()), straight(_x()), atol=1e-5)
+    with pytest.raises(ConfigError, match="other settings"):
+        train(copy.deepcopy(onnx_ptq.prepared), student, pairs, dataclasses.replace(cfg, lr=1e-3),
+              state_dir=tmp_path)
+
+
+def test_load_qat_refuses_float_checkpoint(student, tmp_path):
+    from datprl_edge.io.checkpoint import CheckpointConfig, save_checkpoint
+
+    p = save_checkpoint(tmp_path / "f.safetensors", student.state_dict(),
+                        CheckpointConfig("EdgeDATPRL", {}, stage="student"))
+    with pytest.raises(CheckpointError, match="not a QAT result"):
+        load_qat(p)
+
+
+def test_load_qat_refuses_another_scheme_version(onnx_ptq, tmp_path, monkeypatch):
+    from datprl_edge.quantize import onnx as onnx_quant
+
+    path = save_qat(onnx_ptq, tmp_path / "q.safetensors")
+    monkeypatch.setitem(onnx_quant.SCHEME, "version", onnx_quant.SCHEME["version"] + 1)
+    with pytest.raises(CheckpointError, match="scheme version 3; this toolkit uses version 4"):
+        load_qat(path)
+
+
+def test_cli_errors_are_one_line(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "qat", "bundled:none", "--target", "onnxx", "--calib", "all",
+                           "-o", tmp_path / "o.safetensors")
+    assert code == 2 and "did you mean 'onnx'" in err and len(err.strip().splitlines()) == 1
+    out = tmp_path / "o.safetensors"
+    out.write_bytes(b"x")
+    code, _, err = run_cli(capsys, "qat", "bundled:none", "--target", "onnx", "--calib", "all", "-o", out)
+    assert code == 2 and "exists" in err
+
+
+@pytest.mark.slow
+def test_onnx_scheme_exports_qdq_with_int8_weights(onnx_ptq, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from torch.export import Dim
+
+    conv = onnx_ptq.converted()
+    x = torch.rand(2, 3, SIZE, SIZE)
+    dims = {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}
+    prog = torch.onnx.export(conv, (x,), dynamo=True, dynamic_shapes=(dims,), verbose=False)
+    path = tmp_path / "q.onnx"
+    prog.save(str(path))
+    proto = onnx.load(str(path))
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert any(i.data_type == onnx.TensorProto.INT8 for i in proto.graph.initializer)
+    sess = ort.InferenceSession(str(path))
+    x1 = _x(40, 48)
+    got = sess.run(None, {sess.get_inputs()[0].name: x1.numpy()})[0]
+    from datprl_edge.core.artifacts import psnr_db
+    from datprl_edge.export.verify import MIN_PSNR_DB
+
+    with torch.no_grad():
+        assert psnr_db(conv(x1).numpy(), got) >= MIN_PSNR_DB["int8"]  # the export rule, on every CPU
+
+
+def test_calibration_ranges_mean_or_extremes():
+    """"extremes" (the ONNX scheme's choice) keeps every calibration activation inside the range;
+    "mean" averages the per-batch ranges."""
+    from torch import nn
+
+    from datprl_edge.quantize import onnx as onnx_quant
+    from datprl_edge.quantize.scope import calibrate
+
+    assert onnx_quant.SCHEME["calibration"] == "extremes"
+    dim, bright = torch.full((2, 3, 16, 16), 0.25), torch.full((2, 3, 16, 16), 0.25)
+    bright[0, 0, 0, 0] = 1.0
+    highs = {}
+    for ranges in ("mean", "extremes"):
+        torch.manual_seed(0)
+        prepared = onnx_quant.prepare(nn.Sequential(nn.Conv2d(3, 8, 1)), (torch.rand(2, 3, 16, 16),))
+        calibrate(prepared, [dim, bright], ranges=ranges)
+        placeholder = next(n for n in prepared.graph.nodes if n.op == "placeholder")
+        quantizer = next(prepared.get_submodule(u.target) for u in placeholder.users
+                         if u.op == "call_module" and "activation_post_process" in u.target)  # the input's
+        highs[ranges] = float(quantizer.activation_post_process.max_val)
+    assert highs["extremes"] == pytest.approx(1.0) and highs["mean"] == pytest.approx(0.625)
+    with pytest.raises(ConfigError, match="calibration ranges"):
+        calibrate(prepared, [dim], ranges="median")
