@@ -22,6 +22,9 @@ def register(subparsers):
                    help="QAT steps (0 = post-training quantization); default 300")
     p.add_argument("--max-drop", type=float, metavar="DB",
                    help="keep the most sensitive layers in float until the worst-task PSNR drop is <= DB")
+    p.add_argument("--best-effort", action="store_true",
+                   help="with --max-drop: save the closest result when the budget is not met (default: fail, "
+                        "write nothing)")
     p.add_argument("--float-layers", default="", metavar="L1,L2",
                    help="layers to keep in float (module names)")
     p.add_argument("--batch-size", type=int, default=4)
@@ -60,6 +63,7 @@ def run(args) -> int:
 
     config = QATConfig(target=args.target, steps=args.steps, batch_size=args.batch_size, crop=args.crop,
                        lr=args.lr, float_layers=args.float_layers, max_drop=args.max_drop, seed=args.seed,
+                       best_effort=args.best_effort,
                        checkpoint_every=args.checkpoint_every)
     source = locate_model(args.model)
     model = source.load()
@@ -90,4 +94,8 @@ def summary(result, out) -> str:
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines.append(f"worst-task drop {m['drop_db']['worst']:+.3f} dB ({m.get('val_source', '')})")
+    sens = m.get("sensitivity")
+    if sens is not None:
+        verdict = "met" if sens.get("met") else "NOT met (--best-effort: the closest result was kept)"
+        lines.append(f"--max-drop {sens['budget_db']:g} dB: {verdict}")
     return "\n".join(lines)

@@ -25,6 +25,13 @@ def register(subparsers):
     p.add_argument("--no-max-drop", action="store_true", help="do not limit the PSNR drop")
     p.add_argument("--shape", metavar="HxW",
                    help="benchmark shape the latency is read at (default: the first)")
+    p.add_argument("--bench", nargs="+", default=[], metavar="BENCH.json",
+                   help="bench reports from other devices (`datprl-edge bench --json` run there): their "
+                        "results join the latency table, labelled by host")
+    p.add_argument("--host", metavar="TEXT",
+                   help="the benchmark host the artifacts table, the plot and the recommendation use: a part "
+                        "of its label (CPU model, ISA, OS, runtime versions; default: this machine if it "
+                        "benchmarked, else the first host)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.set_defaults(func=run)
 
@@ -41,7 +48,7 @@ def run(args) -> int:
     max_drop = None if args.no_max_drop else (DEFAULT_MAX_DROP if args.max_drop is None else args.max_drop)
     result = build_report(args.run_dir, Path(args.output), budget_ms=args.budget_ms, max_drop=max_drop,
                           shape=parse_hw(args.shape, "--shape") if args.shape else None,
-                          overwrite=args.overwrite)
+                          bench_files=args.bench, host=args.host, overwrite=args.overwrite)
     rec = result.recommendation
     print(f"recommended: {rec.artifact}" if rec.artifact else "recommended: none")
     print(rec.reason)

@@ -104,6 +104,10 @@ class VerificationError(DatprlEdgeError):
     """A converted model (fold, export) does not reproduce its reference closely enough."""
 
 
+class QualityBudgetError(DatprlEdgeError):
+    """A quality budget (`--max-drop`) that the result does not meet."""
+
+
 class BenchmarkError(DatprlEdgeError):
     """Some measurements of a benchmark failed; the others are in its report."""
 

@@ -38,6 +38,20 @@ def environment() -> dict:
     }
 
 
+RUNTIMES = ("onnxruntime", "openvino", "coremltools")
+
+
+def host_label(env: dict) -> str:
+    """A short name of the machine a benchmark ran on: CPU model, INT8 ISA, OS and runtime versions."""
+    env = env or {}
+    cpu = env.get("cpu_model") or env.get("machine") or "unknown CPU"
+    isa = str(env.get("isa") or "").split(" (")[0]
+    system = str(env.get("os") or "").split("-")[0] or "unknown OS"
+    versions = env.get("versions") or {}
+    runtimes = ", ".join(f"{name} {versions[name]}" for name in RUNTIMES if versions.get(name))
+    return " | ".join(part for part in (cpu, isa, system, runtimes) if part)
+
+
 def isa_summary(flags) -> str:
     """How an x86 CPU runs uint8 x int8 dot products, the kernels INT8 artifacts use."""
     flags = set(flags or ())

@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 
 from datprl_edge.core import limits
-from datprl_edge.core.errors import CheckpointError, ConfigError, UnknownChoiceError
+from datprl_edge.core.errors import CheckpointError, ConfigError, QualityBudgetError, UnknownChoiceError
 from datprl_edge.core.targets import target_names
 
 TARGETS = target_names()
@@ -34,7 +34,8 @@ class QATConfig:
     calib_batches: int = 8  # batches that set the activation ranges before training
     freeze_observers_at: float = 0.7  # fraction of the steps after which ranges stop moving
     float_layers: tuple = ()
-    max_drop: float | None = None  # dB; runs the sensitivity search
+    max_drop: float | None = None  # dB; runs the sensitivity search, and the result must meet it
+    best_effort: bool = False  # with max_drop: keep the closest result instead of failing
     val_images: int = 8  # held-out calibration images for metrics when no validation set is given
     seed: int = 0
     checkpoint_every: int = 0  # with run_qat(state_dir=...): atomic resumable state every N steps
@@ -184,9 +185,31 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
                         "psnr_int8_vs_fp32": evaluate(prepared, fp32_outputs(base, val, multiple), multiple)})
     if sensitivity is not None:
         metrics["sensitivity"] = sensitivity
+        _check_budget(config, sensitivity, metrics)
     how = "PTQ" if config.steps == 0 else f"QAT {config.steps} steps"
     return QATResult(prepared, config.target, config, tuple(float_layers), arch, options,
                      tuple(example[0].shape), metrics, source=how)
+
+
+def _check_budget(config: QATConfig, sensitivity: dict, metrics: dict) -> None:
+    """The search's choice must meet `max_drop` on the pairs it decided on and again on the held-out
+    validation pairs; otherwise QualityBudgetError (nothing is saved) unless `best_effort`."""
+    held = (metrics.get("drop_db") or {}).get("worst")
+    sensitivity["held_out_worst_db"] = held
+    sensitivity["within_budget_held_out"] = held is None or held <= config.max_drop
+    met = sensitivity["within_budget"] and sensitivity["within_budget_held_out"]
+    sensitivity["met"] = met
+    if met or config.best_effort:
+        return
+    rounds = sensitivity["rounds"]
+    best = min(r["drop_worst"] for r in rounds)
+    where = (f"{held:.3f} dB on the held-out pairs" if sensitivity["within_budget"]
+             else f"{best:.3f} dB at best on the search pairs")
+    raise QualityBudgetError(
+        f"--max-drop {config.max_drop:g} dB is not met for {config.target}: the worst-task drop is {where} "
+        f"after {len(rounds)} float-layer choice(s) (up to {max(len(r['float_layers']) for r in rounds)} "
+        "layers in float); raise --max-drop, train longer (--steps), or pass --best-effort to keep the "
+        "closest result")
 
 
 def fp32_outputs(base, val: dict, multiple: int) -> dict:

@@ -73,6 +73,7 @@ def search(base, config, example, batches, val, fp32, user_float, build, say):
     rounds = []
     order = [name for name, _ in ranking]
     tries, n = [0] + ([k] if k else []), 0
+    best = None
     while True:
         n = tries.pop(0) if tries else min(len(order), max(n + 1, 2 * n))
         floats = _in_model_order(base, user_float + tuple(order[:n]))
@@ -81,13 +82,18 @@ def search(base, config, example, batches, val, fp32, user_float, build, say):
         measured = drops(fp32, evaluate(prepared, val, multiple))
         rounds.append({"float_layers": list(floats), "drop_worst": measured["worst"],
                        "drop_mean": measured["mean"]})
+        if best is None or measured["worst"] < best[2]:
+            best = (prepared, floats, measured["worst"])
         if measured["worst"] <= config.max_drop or n >= len(order) or len(rounds) >= MAX_ROUNDS:
             break
+    # more float layers need not lower the drop: keep the best choice measured, not the last one
+    prepared, floats, _ = best
     report = {"budget_db": config.max_drop, "metric": "worst-task PSNR drop vs FP32 (dB)",
               "ranking_scheme": "onnx PT2E proxy, one layer's weight+output quantizers off",
               "proxy_drop_all_int8": float(full),
               "ranking": [[layer, g] for layer, g in ranking], "proxy_greedy": trace, "rounds": rounds,
-              "within_budget": rounds[-1]["drop_worst"] <= config.max_drop}
+              "chosen_round": next(i for i, r in enumerate(rounds) if r["float_layers"] == list(floats)),
+              "within_budget": min(r["drop_worst"] for r in rounds) <= config.max_drop}
     return prepared, floats, report
 
 

@@ -36,13 +36,14 @@ def output_paths(out_html) -> tuple[Path, Path, Path]:
 
 
 def build_report(run_dir, out_html, *, budget_ms: float | None = None,
-                 max_drop: float | None = DEFAULT_MAX_DROP, shape=None,
-                 overwrite: bool = True) -> ReportResult:
-    """Write the report of `run_dir`; every figure in it is read from the run folder's JSON files."""
+                 max_drop: float | None = DEFAULT_MAX_DROP, shape=None, bench_files=(),
+                 host: str | None = None, overwrite: bool = True) -> ReportResult:
+    """Write the report of `run_dir` (plus bench reports from devices, `bench_files`, latencies read
+    on `host`); every figure in it is read from those JSON files."""
     from datprl_edge.core.version import __version__
 
     paths = output_paths(out_html)
-    run = collect(run_dir)
+    run = collect(run_dir, bench_files, host)
     edge = load_headline(run_dir)
     inputs = [Path(run_dir) / p for files in run.sources.values() for p in files] + edge.files
     for p in paths:

@@ -8,7 +8,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from datprl_edge.core.errors import ConfigError, InputNotFoundError
+from datprl_edge.core.errors import ConfigError, InputNotFoundError, UnknownChoiceError
 from datprl_edge.core.targets import target_names
 
 BENCH_SCHEMA = "datprl-edge-bench/"
@@ -27,10 +27,12 @@ class Artifact:
     export: dict | None = None  # the export stage's JSON for this artifact
     bench: list = dataclasses.field(default_factory=list)  # bench results (ok or skipped)
     eval: dict | None = None  # the eval report's entry for this artifact
+    host: str | None = None  # the benchmark host whose latency counts (`RunData.host`)
 
     def latency(self, shape) -> dict | None:
-        """The measured bench result at `shape` (CPU first), or None."""
-        ok = [r for r in self.bench if r.get("status") == "ok" and list(r.get("shape", [])) == list(shape)]
+        """The measured bench result at `shape` on the chosen host (CPU first), or None."""
+        ok = [r for r in self.bench if r.get("status") == "ok" and list(r.get("shape", [])) == list(shape)
+              and (self.host is None or r.get("host") == self.host)]
         ok.sort(key=lambda r: (str(r.get("device") or r.get("compute_units") or "") != "CPU",))
         return ok[0] if ok else None
 
@@ -63,6 +65,8 @@ class RunData:
     visuals: dict | None
     visuals_dir: Path | None
     sources: dict  # kind -> list of files (relative to run_dir) the numbers came from
+    hosts: list = dataclasses.field(default_factory=list)  # benchmark hosts, in file order
+    host: str | None = None  # the host whose latencies the tables' main columns and the recommendation use
 
     @property
     def shapes(self) -> list:
@@ -90,8 +94,11 @@ class RunData:
         return [m for m in (self.eval or {}).get("models", []) if m["model"] not in names]
 
 
-def collect(run_dir) -> RunData:
-    """Everything the report shows, read from `run_dir`."""
+def collect(run_dir, bench_files=(), host: str | None = None) -> RunData:
+    """Everything the report shows, read from `run_dir`, plus bench reports from other devices
+    (`bench_files`). Each bench result is labelled with its host (`core.host.host_label`); latencies
+    are read on `host` (a part of a host label; default: this machine if it benchmarked, else the
+    first host in file order: the run folder's files by name, then `bench_files` as given)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputNotFoundError(f"run folder not found: {run_dir}")
@@ -115,6 +122,14 @@ def collect(run_dir) -> RunData:
             visuals.append((path, data))
         elif {"artifact", "target", "precision", "verification"} <= set(data):
             exports.append((rel, data))
+    for path in map(Path, bench_files):
+        if not path.is_file():
+            raise InputNotFoundError(f"bench report not found: {path}")
+        data = _read(path)
+        if not isinstance(data, dict) or not str(data.get("schema", "")).startswith(BENCH_SCHEMA):
+            raise ConfigError(f"{path} is not a bench report (no {BENCH_SCHEMA}* schema): write one with "
+                              "`datprl-edge bench ... --json`")
+        benches.append((str(path), data))
     if not (exports or benches or evals):
         raise InputNotFoundError(f"{run_dir} holds no export, bench or eval reports (JSON); run "
                                  "`datprl-edge pipeline` or the export/bench/eval commands with --json first")
@@ -123,6 +138,10 @@ def collect(run_dir) -> RunData:
     bench = _merge_bench([d for _, d in benches])
     ev = _merge_eval([d for _, d in evals])
     artifacts = _artifacts(exports, bench, ev)
+    hosts = list(dict.fromkeys(r["host"] for r in (bench or {}).get("results", [])))
+    chosen = choose_host(hosts, host)
+    for a in artifacts:
+        a.host = chosen
     order = [s["name"] for s in (pipeline or {}).get("stages", [])]
     stages.sort(key=lambda s: (order.index(s["stage"]) if s["stage"] in order else len(order), s["stage"]))
     vis_path, vis = visuals[0] if visuals else (None, None)
@@ -131,7 +150,26 @@ def collect(run_dir) -> RunData:
     if vis_path is not None:
         sources["visuals"] = [vis_path.relative_to(run_dir).as_posix()]
     return RunData(run_dir, artifacts, bench, ev, stages, pipeline, vis,
-                   vis_path.parent if vis_path else None, sources)
+                   vis_path.parent if vis_path else None, sources, hosts, chosen)
+
+
+def choose_host(hosts: list, wanted: str | None) -> str | None:
+    """The benchmark host the report reads latencies on (see `collect`)."""
+    if not hosts:
+        if wanted:
+            raise ConfigError(f"--host {wanted!r}: the run has no benchmark results")
+        return None
+    if wanted:
+        found = [h for h in hosts if str(wanted).lower() in h.lower()]
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise UnknownChoiceError("benchmark host", str(wanted), hosts)
+        raise ConfigError(f"--host {wanted!r} matches {len(found)} hosts: {'; '.join(found)}")
+    from datprl_edge.core.host import environment, host_label
+
+    here = host_label(environment())
+    return here if here in hosts else hosts[0]
 
 
 def _json_files(run_dir: Path):
@@ -161,10 +199,13 @@ def _rebase_harm_files(report: dict, folder: Path) -> None:
 
 
 def _merge_bench(reports: list) -> dict | None:
+    from datprl_edge.core.host import host_label
+
     if not reports:
         return None
     merged = dict(reports[0])
-    merged["results"] = [r for rep in reports for r in rep.get("results", [])]
+    merged["results"] = [{**r, "host": host_label(rep.get("environment") or {})}
+                         for rep in reports for r in rep.get("results", []) if isinstance(r, dict)]
     merged["environments"] = [rep.get("environment") for rep in reports]
     return merged
 

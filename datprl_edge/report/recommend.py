@@ -82,8 +82,9 @@ def recommend(run, budget_ms: float | None = None, max_drop: float | None = DEFA
     best = eligible[0]
     best_lat = next(a for a in run.artifacts if a.name == best.artifact).latency(shape)
     device = best_lat.get("device") or best_lat.get("compute_units") or "CPU"
+    on = f"{device} of {run.host}" if len(getattr(run, "hosts", [])) > 1 else device
     parts = [f"{best.artifact} is the fastest artifact that meets {limits}: p50 {best.p50_ms:.2f} ms {where} "
-             f"on {device}, mean PSNR {best.mean_psnr:.2f} dB"]
+             f"on {on}, mean PSNR {best.mean_psnr:.2f} dB"]
     if best.worst_drop is not None:
         parts[0] += f", worst-task drop {best.worst_drop:+.2f} dB"
     parts[0] += "."

@@ -53,8 +53,8 @@ def artifacts_table(run: RunData, shape) -> Table:
 
 
 def latency_table(run: RunData) -> Table:
-    header = ["artifact", "device", "shape", "load s", "first ms", "min ms", "p50 ms", "p90 ms", "p99 ms",
-              "img/s", "peak RSS MB", "iterations", "status"]
+    header = ["artifact", "host", "device", "shape", "load s", "first ms", "min ms", "p50 ms", "p90 ms",
+              "p99 ms", "img/s", "peak RSS MB", "iterations", "status"]
     rows = []
     for r in (run.bench or {}).get("results", []):
         device = r.get("device") or r.get("compute_units") or ""
@@ -62,16 +62,17 @@ def latency_table(run: RunData) -> Table:
         if r.get("status") != "ok":
             what = "failed" if r.get("status") == "error" else "skipped"
             note = f"{what}: {r.get('message', '')}"
-            rows.append([r.get("artifact", ""), device, shape] + ["-"] * 9 + [note])
+            rows.append([r.get("artifact", ""), r.get("host", ""), device, shape] + ["-"] * 9 + [note])
             continue
         lat = r["latency_ms"]
         status = "ok" + (f", tiled {r['tiled']['tiles']} tiles" if r.get("tiled") else "")
-        rows.append([r["artifact"], device, shape, _f(r.get("load_s"), 3), _f(r.get("first_inference_ms"), 1),
+        rows.append([r["artifact"], r.get("host", ""), device, shape, _f(r.get("load_s"), 3),
+                     _f(r.get("first_inference_ms"), 1),
                      _f(lat.get("min")), _f(lat.get("p50")), _f(lat.get("p90")), _f(lat.get("p99")),
                      _f(r["throughput"]["images_per_s"], 1), _f(r.get("peak_rss_mb"), 0),
                      str(r.get("iterations", "-")), status])
     return Table("latency", "Latency (every benchmark result)", bench_caption(run), header, rows,
-                 numeric=tuple(range(3, 12)))
+                 numeric=tuple(range(4, 13)))
 
 
 def psnr_table(run: RunData) -> Table:
@@ -176,7 +177,15 @@ def bench_caption(run: RunData) -> str:
             f"{env.get('os')}), "
             f"{b.get('created', '')}; {s.get('warmup')} warm-up runs then {loop}, batch 1, random input; "
             f"OpenVINO inference precision hint {s.get('inference_precision')}; {runtimes}. "
-            f"Load average before/after: {_load(b)}. Each artifact ran in a fresh process." + _busy(b, env))
+            f"Load average before/after: {_load(b)}. Each artifact ran in a fresh process." + _busy(b, env)
+            + _hosts_note(run))
+
+
+def _hosts_note(run: RunData) -> str:
+    if len(run.hosts) < 2:
+        return ""
+    return (f" Results from {len(run.hosts)} hosts (the host column); the artifacts table, the plot and the "
+            f"recommendation use {run.host} (choose with --host).")
 
 
 def _busy(b: dict, env: dict) -> str:

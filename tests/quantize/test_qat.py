@@ -142,13 +142,30 @@ def test_float_layers_stay_float(student):
 def test_sensitivity_keeps_layers_float(student, onnx_ptq):
     full = onnx_ptq.metrics["drop_db"]["worst"]
     budget = max(full / 2, 0.0)
-    result = run_qat(student, _cfg("onnx", steps=0, max_drop=budget), _calib(), val=VAL)
+    result = run_qat(student, _cfg("onnx", steps=0, max_drop=budget, best_effort=True), _calib(), val=VAL)
     sens = result.metrics["sensitivity"]
     assert len(sens["ranking"]) == 50 and sens["rounds"]
-    assert list(result.float_layers) == sens["rounds"][-1]["float_layers"]
+    chosen = sens["rounds"][sens["chosen_round"]]
+    assert list(result.float_layers) == chosen["float_layers"]
+    assert chosen["drop_worst"] == min(r["drop_worst"] for r in sens["rounds"])  # the best, not the last
     if full > 0:
         assert result.float_layers, "a drop over budget must float some layers"
-    assert sens["within_budget"] == (result.metrics["drop_db"]["worst"] <= budget)
+    assert sens["within_budget_held_out"] == (result.metrics["drop_db"]["worst"] <= budget)
+    assert sens["met"] == (sens["within_budget"] and sens["within_budget_held_out"])
+
+
+def test_unmet_budget_fails_unless_best_effort(student, onnx_ptq, monkeypatch):
+    from datprl_edge.core.errors import QualityBudgetError
+    from datprl_edge.quantize import sensitivity
+
+    full = onnx_ptq.metrics["drop_db"]["worst"]
+    if full <= 0:
+        pytest.skip("INT8 is exact on these pairs: no budget can fail")
+    monkeypatch.setattr(sensitivity, "MAX_ROUNDS", 1)  # the search may only try all-INT8
+    with pytest.raises(QualityBudgetError, match=r"--max-drop .* dB is not met for onnx.*--best-effort"):
+        run_qat(student, _cfg("onnx", steps=0, max_drop=full / 2), _calib(), val=VAL)
+    kept = run_qat(student, _cfg("onnx", steps=0, max_drop=full / 2, best_effort=True), _calib(), val=VAL)
+    assert kept.metrics["sensitivity"]["met"] is False
 
 
 def test_resume_continues_from_saved_state(student, onnx_ptq, tmp_path):

@@ -283,3 +283,35 @@ def test_edge_targets_from_the_committed_results(run_dir, tmp_path, monkeypatch)
     assert data["source"] == "toolkit" and [Path(f).name for f in data["files"]] == ["ct_512.json"]
     assert data["rows"] == [["ct_512: toy latency", "41.0 ms", "at most 60.0 ms", "met", "-"]]
     assert "committed with the toolkit" in data["caption"]
+
+
+def _device_bench(path: Path, cpu: str, p50: dict) -> Path:
+    results = [{"status": "ok", "artifact": name, "target": ARTIFACTS[name][0], "shape": [256, 256],
+                "device": "CPU", "tiled": None, "load_s": 0.2, "first_inference_ms": ms * 2, "iterations": 10,
+                "peak_rss_mb": 80.0, "throughput": {"images_per_s": 1000 / ms},
+                "latency_ms": {"min": ms, "mean": ms, "p50": ms, "p90": ms, "p99": ms, "max": ms, "std": 0.0}}
+               for name, ms in p50.items()]
+    _write(path, {"schema": "datprl-edge-bench/1", "created": "2026-01-02T00:00:00+0000",
+                  "environment": {"cpu_model": cpu, "os": "Linux-6.1-aarch64", "isa": "Arm NEON",
+                                  "versions": {"onnxruntime": "1.32.0"}},
+                  "settings": {"threads": 4}, "results": results})
+    return path
+
+
+def test_device_bench_files_are_rows_of_their_own_host(run_dir, tmp_path):
+    drone = _device_bench(tmp_path / "drone.json", "Cortex-A78AE",
+                          {"s_onnx_int8.onnx": 30.0, "s_onnx_fp32.onnx": 25.0})
+    run = collect(run_dir, [drone])
+    assert run.hosts[0].startswith("Test CPU 9000") and run.hosts[1].startswith("Cortex-A78AE | Arm NEON")
+    assert run.host == run.hosts[0]  # the run folder's own bench comes first when this machine is not in it
+    assert recommend(run, max_drop=0.5).artifact == "s_onnx_int8.onnx"
+    on_drone = collect(run_dir, [drone], host="cortex")
+    rec = recommend(on_drone, max_drop=0.5)
+    # on the drone only the two ONNX artifacts were measured, and FP32 is the faster one there
+    assert rec.artifact == "s_onnx_fp32.onnx" and "Cortex-A78AE" in rec.reason
+    html = build_report(run_dir, tmp_path / "r.html", bench_files=[drone], host="cortex").html.read_text()
+    assert html.count("Cortex-A78AE") >= 3 and "choose with --host" in html
+    with pytest.raises(ConfigError, match="did you mean|choose from"):
+        collect(run_dir, [drone], host="raspberry")
+    with pytest.raises(ConfigError, match="not a bench report"):
+        collect(run_dir, [run_dir / "eval" / "eval.json"])
