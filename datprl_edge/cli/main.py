@@ -37,8 +37,15 @@ COMMAND_MODULES = (
 )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with the toolkit's error format: one line on stderr, exit code 2 (no usage dump)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="datprl-edge",
         description="Distil, fold, quantize, export and benchmark DATPRL-IR restoration for edge devices.",
     )

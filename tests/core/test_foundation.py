@@ -143,3 +143,13 @@ def test_atomic_outputs_get_the_usual_file_mode(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert dest.read_bytes() == b"x" and (dest.stat().st_mode & 0o777) == 0o666 & ~umask
+
+
+def test_usage_errors_are_one_line(capsys):
+    from datprl_edge.cli.main import main
+
+    for argv in (["fold", "x.safetensors", "-o", "y.safetensors"], ["nosuch"], ["export", "--bogus"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and err.count("\n") == 1 and "error:" in err and "--help" in err
