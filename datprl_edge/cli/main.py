@@ -75,6 +75,12 @@ def main(argv=None) -> int:
             raise
         print(f"datprl-edge: error: {hint}", file=sys.stderr)
         return 2
+    except MemoryError:
+        if debug:
+            raise
+        print("datprl-edge: error: out of memory: use smaller images, tiles, batches or --count (see the "
+              "limits in the README)", file=sys.stderr)
+        return 2
     except OSError as e:  # the file system refused: a full disk, no permission, a file in the way
         if debug:
             raise

@@ -80,7 +80,7 @@ def check_image(height: int, width: int, subject: str) -> None:
 
 def _fmt(n: int) -> str:
     n = int(n)
-    for unit, scale in (("G", 10**9), ("M", 10**6)):
+    for unit, scale in (("T", 10**12), ("G", 10**9), ("M", 10**6)):
         if n >= scale:
             return f"{n / scale:.4g}{unit}"
     return str(n)

@@ -7,6 +7,7 @@ same separators. Artifact metadata lists static sizes as "256x256,512x512", or "
 
 from __future__ import annotations
 
+from datprl_edge.core import limits
 from datprl_edge.core.errors import ConfigError
 
 MAX_SIDE = 16384  # pixels per side; larger inputs are tiled, never exported or benchmarked whole
@@ -41,6 +42,7 @@ def parse_hw(value, what: str = "shape") -> tuple[int, int]:
     h, w = hw
     if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
         raise ConfigError(f"{what} must be between 1 and {MAX_SIDE} pixels per side, got {h}x{w}")
+    limits.check_image(h, w, what)
     return h, w
 
 

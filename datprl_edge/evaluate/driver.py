@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from datprl_edge.core import limits
 from datprl_edge.core.errors import ConfigError, InputNotFoundError
 from datprl_edge.core.metrics import METRIC_CONVENTION, image_metrics, mean_psnr
 from datprl_edge.evaluate.harm import add_harm, score_baselines, write_harm_crops
@@ -43,6 +44,9 @@ class EvalConfig:
             raise ConfigError(f"--count must be at least 1, got {self.count}")
         if self.size < 16:
             raise ConfigError(f"--size must be at least 16 (SSIM needs an 11x11 window), got {self.size}")
+        limits.check_image(self.size, self.size, "--size")
+        limits.check("pixels", self.count * self.size * self.size,
+                     f"--count {self.count} x --size {self.size}^2 per task")
         if self.data != "val" and not Path(self.data).is_dir():
             raise InputNotFoundError(f"--data must be 'val' or a folder of pairs; {self.data} is neither")
         if self.tasks is not None:
