@@ -26,6 +26,7 @@ def register(subparsers):
     v.add_argument("--size", type=int, default=256)
     v.add_argument("--index", type=int, default=0, help="which validation image of each task's pool")
     v.add_argument("--no-zoom", action="store_true", help="leave out the 2x centre crops")
+    v.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     v.set_defaults(func=run_preview)
 
 
@@ -71,10 +72,12 @@ def run_synth(args) -> int:
 def run_preview(args) -> int:
     from datprl_edge.data.degrade._common import check_severity
     from datprl_edge.data.preview import draw_sheet, preview_pairs, psnr
+    from datprl_edge.io.atomic import check_output
 
+    check_output(args.output, overwrite=args.overwrite, suffix=".png", option="-o")
     sev = None if args.severity is None else check_severity(args.severity)
     pairs = preview_pairs(args.tasks, size=args.size, seed=args.seed, severity=sev, index=args.index)
-    draw_sheet(pairs, args.output, zoom=not args.no_zoom)
+    draw_sheet(pairs, args.output, zoom=not args.no_zoom, overwrite=args.overwrite)
     for p in pairs:
         print(f"{p.task:24s} {p.source:32s} severity {p.severity:.2f}  PSNR {psnr(p.gt, p.lq):6.2f} dB")
     print(f"wrote {args.output}")

@@ -23,7 +23,7 @@ def preview_pairs(tasks, size: int = 256, seed: int = 0, severity: float | None 
     return out
 
 
-def draw_sheet(pairs, out_path, *, zoom: bool = True, dpi: int = 100) -> Path:
+def draw_sheet(pairs, out_path, *, zoom: bool = True, dpi: int = 100, overwrite: bool = False) -> Path:
     """Draw the sheet for `pairs` and write it atomically as a PNG; zoom adds 2x centre crops."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -51,6 +51,6 @@ def draw_sheet(pairs, out_path, *, zoom: bool = True, dpi: int = 100) -> Path:
             ax.set_title(title, fontsize=8)
     fig.tight_layout(pad=0.4)
     out_path = Path(out_path)
-    with atomic_path(out_path) as tmp:
+    with atomic_path(out_path, overwrite=overwrite) as tmp:
         fig.savefig(tmp, format="png")
     return out_path

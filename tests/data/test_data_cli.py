@@ -56,6 +56,12 @@ def test_data_preview_writes_sheet(capsys, tmp_path):
     assert code == 0 and "PSNR" in out and "medical/mri_sr" in out
     img = Image.open(sheet)
     assert img.format == "PNG" and img.size[1] > img.size[0] / 4
+    before = sheet.read_bytes()
+    again = ("data", "preview", "-o", sheet, "--tasks", "natural/derain", "--size", "64")
+    code, _, err = run_cli(capsys, *again)
+    assert code == 2 and "exists; pass --overwrite" in err and sheet.read_bytes() == before
+    code, _, _ = run_cli(capsys, *again, "--overwrite")
+    assert code == 0 and sheet.read_bytes() != before
 
 
 def test_calib_cli(capsys, tmp_path):
