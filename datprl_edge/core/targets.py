@@ -54,11 +54,14 @@ class TargetSpec:
     compute_units: tuple = ()  # device choice by compute units (Core ML), not by device name
     lists_devices: bool = False  # the runtime module has available_devices() for `--device all`
 
+    modules: tuple = ()  # (stage, import name) of this target's module in each of STAGES
+
     def module(self, stage: str) -> str:
         """Import name of this target's module for a stage: quantize, export or runtime."""
-        if stage not in STAGES:
+        found = dict(self.modules).get(stage)
+        if found is None:
             raise UnknownChoiceError("target stage", stage, STAGES)
-        return f"datprl_edge.{stage}.{self.name}"
+        return found
 
     def accepts_qat(self, qat_target: str) -> bool:
         """Whether this exporter takes a QAT checkpoint made for `qat_target`."""
@@ -66,18 +69,24 @@ class TargetSpec:
 
 
 _ONNX_TOOLS = (("onnx", "onnx"), ("onnxscript", "onnxscript"))
+
+
+def _modules(name: str) -> tuple:
+    return tuple((stage, f"datprl_edge.{stage}.{name}") for stage in STAGES)
+
 TARGETS: dict[str, TargetSpec] = {spec.name: spec for spec in (
     TargetSpec("onnx", "ONNX (onnxruntime)", "ONNX", ".onnx", "onnxruntime", "onnxruntime", _ONNX_TOOLS,
                "fp32", "OnnxSession", "inspect_onnx", "#1f77b4",
-               fp16_modules=(("onnxruntime", "onnxruntime"),)),
+               fp16_modules=(("onnxruntime", "onnxruntime"),), modules=_modules("onnx")),
     # OpenVINO reads the QDQ ONNX of an ONNX (PT2E) QAT result; not the other way round.
     TargetSpec("openvino", "OpenVINO IR", "OpenVINO", ".xml", "openvino", "openvino",
                _ONNX_TOOLS + (("openvino", "openvino"),), "fp32", "OpenVINOSession", "inspect_openvino",
                "#d62728", sidecars=(".bin",), qat_from=("onnx",), shape_list=False, own_int8_pad_traced=True,
-               lists_devices=True),
+               lists_devices=True, modules=_modules("openvino")),
     TargetSpec("coreml", "Core ML mlprogram", "Core ML", ".mlpackage", "coremltools", "coremltools",
                (("coremltools", "coremltools"),), "fp16", "CoreMLSession", "inspect_coreml", "#2ca02c",
-               pad_traced=True, needs_macos=True, structure_check=True, compute_units=COMPUTE_UNITS),
+               pad_traced=True, needs_macos=True, structure_check=True, compute_units=COMPUTE_UNITS,
+               modules=_modules("coreml")),
 )}
 
 
