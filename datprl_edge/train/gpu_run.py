@@ -5,7 +5,7 @@ Run by `scripts/gpu_train.sh` (see README, "GPU run"): on the lent device
 and on CPU for 2 steps (tests/test_gpu_script.py)
     bash scripts/gpu_train.sh --device cpu --max-steps 2 --batch 4 --crop 32 --workers 2 ...
 
-Both phases start from the shipped weights (`bundled:teacher-ref`, `bundled:edge-xs`; `--scratch`
+Both phases start from the shipped weights (`bundled:teacher-ref-v2`, `bundled:edge-xs`; `--scratch`
 for random initialisation), use on-the-fly pairs at random severities made by worker processes,
 adaptive task weights, warm-up + cosine + EMA, bf16 autocast and channels_last on CUDA. Writes to
 OUT (at most 8 files, flat): teacher-ref.safetensors, edge-xs.safetensors, {teacher,student}-train.jsonl,
@@ -24,6 +24,9 @@ import shutil
 import sys
 import time
 from pathlib import Path
+
+# The best shipped teacher: both phases continue from it (see datprl_edge/weights/MANIFEST.json).
+TEACHER = "bundled:teacher-ref-v2"
 
 ABSENT_ON_DEVICE = {"torchao", "openvino", "nncf", "coremltools", "pydicom"}
 
@@ -51,7 +54,7 @@ def parse(argv=None):
     p.add_argument("--data", default="synthetic")
     p.add_argument("--scratch", action="store_true",
                    help="random initial weights instead of the shipped ones")
-    p.add_argument("--skip-teacher", action="store_true", help="distil from bundled:teacher-ref directly")
+    p.add_argument("--skip-teacher", action="store_true", help=f"distil from {TEACHER} directly")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -88,15 +91,15 @@ def main(argv=None) -> int:
     summary = {"command": command, "environment": env, "phases": {}}
 
     if args.skip_teacher:
-        teacher, teacher_src = load_model("bundled:teacher-ref"), "bundled:teacher-ref"
+        teacher, teacher_src = load_model(TEACHER), TEACHER
     else:
         torch.manual_seed(args.seed)
-        init = create_model("restormer-ref") if args.scratch else load_model("bundled:teacher-ref")
+        init = create_model("restormer-ref") if args.scratch else load_model(TEACHER)
         tcfg = TrainConfig(**common, batch_size=args.batch, lr=args.teacher_lr,
                            time_budget=args.teacher_budget)
         res = train_teacher(init, tcfg, args.data, work / "teacher",
                             provenance={"command": command, "init": "scratch" if args.scratch
-                                        else "bundled:teacher-ref"})
+                                        else TEACHER})
         summary["phases"]["teacher"] = _phase(res, tcfg, work / "teacher", out, "teacher", "teacher-ref")
         teacher, teacher_src = res.model, "teacher phase of this run"
         _write(out, summary)
