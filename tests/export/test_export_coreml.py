@@ -10,19 +10,10 @@ pytest.importorskip("coremltools")
 
 from datprl_edge.core.errors import ConfigError, PlatformError  # noqa: E402
 from datprl_edge.export.driver import ExportConfig, export_model  # noqa: E402
-from datprl_edge.models.registry import create_model  # noqa: E402
 from datprl_edge.runtime.sessions import inspect_artifact, open_artifact, read_artifact_metadata  # noqa: E402
 
 SMALL = dict(verify_images=1, verify_size=(64, 64))
 LINUX = sys.platform != "darwin"
-
-
-@pytest.fixture(scope="module")
-def model():
-    import torch
-
-    torch.manual_seed(0)
-    return create_model("edge-xs")
 
 
 @pytest.fixture(scope="module")
