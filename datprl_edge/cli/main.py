@@ -81,6 +81,10 @@ def main(argv=None) -> int:
         print("datprl-edge: error: out of memory: use smaller images, tiles, batches or --count (see the "
               "limits in the README)", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away; stop quietly like other Unix tools.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as e:  # the file system refused: a full disk, no permission, a file in the way
         if debug:
             raise
@@ -90,10 +94,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("datprl-edge: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        # The reader (e.g. `| head`) went away; stop quietly like other Unix tools.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     return int(code or 0)
 
 
