@@ -75,7 +75,8 @@ def remove_stale_partials(parent, name: str, *, log=None) -> list[Path]:
     """Remove `.NAME.PID.*.partial*` files and folders in `parent` whose process no longer runs;
     one line per removal goes to `log` (default: stderr). Returns what was removed."""
     parent = Path(parent)
-    pattern = re.compile(rf"^\.{re.escape(name)}\.(\d+)\.[^/]*\.partial(\.[^/]*)?$")
+    # tempfile's names: prefix + 8 characters of [a-z0-9_] + suffix
+    pattern = re.compile(rf"^\.{re.escape(name)}\.(\d+)\.[a-z0-9_]{{8}}\.partial(\.[^/]*)?$")
     removed = []
     if not parent.is_dir():
         return removed

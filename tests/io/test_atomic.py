@@ -48,15 +48,17 @@ def test_next_write_removes_what_a_killed_run_left(tmp_path, capsys):
 def test_partials_of_a_live_process_are_left_alone(tmp_path):
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        mine = tmp_path / f".result.{live.pid}.abcd.partial.onnx"
+        mine = tmp_path / f".result.{live.pid}.abcd1234.partial.onnx"
         mine.write_bytes(b"in progress")
+        other = tmp_path / f".result.2.{live.pid}.abcd1234.partial.onnx"  # another output, "result.2"
+        other.write_bytes(b"in progress")
         assert remove_stale_partials(tmp_path, "result", log=lambda s: None) == []
         assert mine.exists()
     finally:
         live.kill()
         live.wait()
     time.sleep(0.05)
-    assert remove_stale_partials(tmp_path, "result", log=lambda s: None) == [mine]
+    assert remove_stale_partials(tmp_path, "result", log=lambda s: None) == [mine] and other.exists()
 
 
 def test_failed_write_leaves_nothing(tmp_path):
