@@ -65,3 +65,14 @@ def stop_at(step: int):
             raise KeyboardInterrupt
 
     return stop
+
+
+@pytest.fixture(scope="module")
+def untrained_edge_xs():
+    """An untrained edge-xs student (seed 0): export must reproduce any weights."""
+    import torch
+
+    from datprl_edge.models.registry import create_model
+
+    torch.manual_seed(0)
+    return create_model("edge-xs")

@@ -17,6 +17,11 @@ LINUX = sys.platform != "darwin"
 
 
 @pytest.fixture(scope="module")
+def model(untrained_edge_xs):
+    return untrained_edge_xs
+
+
+@pytest.fixture(scope="module")
 def exported(model, tmp_path_factory):
     out = tmp_path_factory.mktemp("coreml")
     reports = export_model(model, ExportConfig(targets="coreml", precision="fp32,fp16", model_name="edge-xs",

@@ -18,6 +18,11 @@ SMALL = dict(verify_images=1, verify_size=(60, 68))
 
 
 @pytest.fixture(scope="module")
+def model(untrained_edge_xs):
+    return untrained_edge_xs
+
+
+@pytest.fixture(scope="module")
 def exported(model, tmp_path_factory):
     out = tmp_path_factory.mktemp("float")
     cfg = ExportConfig(targets=("onnx", "openvino"), precision="fp32,fp16", model_name="edge-xs",
