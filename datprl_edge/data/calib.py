@@ -28,6 +28,7 @@ from datprl_edge.core.errors import (
 from datprl_edge.core.resources import find_resource, list_resources
 from datprl_edge.data.tasks import get_task
 from datprl_edge.io.atomic import atomic_dir
+from datprl_edge.io.images import npy_header_shape
 
 try:
     import tomllib
@@ -311,9 +312,7 @@ def _load_task_file(path: Path) -> dict:
         with zipfile.ZipFile(path) as zf:
             for key in keys:
                 with zf.open(f"{key}.npy") as f:
-                    fmt = np.lib.format
-                    major, _ = fmt.read_magic(f)
-                    shape = (fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0)(f)[0]
+                    shape = npy_header_shape(f)
                 if key in ("lq", "gt"):  # (N, H, W, C) stored
                     limits.check("pixels", int(np.prod(shape[:-1], dtype=np.float64)),
                                  f"{path.name} {key} {tuple(shape)}")

@@ -287,16 +287,21 @@ def _samples(axes: str, shape) -> int:
     return int(shape[axes.index("S")]) if "S" in axes else 1
 
 
-def _npy_shape(path: Path) -> tuple:
-    """The array shape an .npy header declares, read without touching the data."""
+def npy_header_shape(f) -> tuple:
+    """The array shape an .npy stream's header declares (an open file, or a member of an .npz),
+    read without touching the data. Raises ValueError on a damaged header."""
     fmt = np.lib.format
+    major, _ = fmt.read_magic(f)
+    header = fmt.read_array_header_1_0(f) if major == 1 else fmt.read_array_header_2_0(f)
+    return tuple(int(v) for v in header[0])
+
+
+def _npy_shape(path: Path) -> tuple:
     try:
         with open(path, "rb") as f:
-            major, _ = fmt.read_magic(f)
-            header = fmt.read_array_header_1_0(f) if major == 1 else fmt.read_array_header_2_0(f)
+            return npy_header_shape(f)
     except (ValueError, OSError, EOFError, SyntaxError) as e:
         raise _fail(path, e) from None
-    return tuple(int(v) for v in header[0])
 
 
 def _read_npy(path: Path) -> np.ndarray:
