@@ -55,6 +55,13 @@ class BenchConfig:
     timeout_s: float | None = None
 
     def __post_init__(self):
+        for name in ("threads", "warmup", "iters"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ConfigError(f"--{name} must be a whole number, got {v!r}")
+        sec = self.seconds
+        if sec is not None and (isinstance(sec, bool) or not isinstance(sec, (int, float))):
+            raise ConfigError(f"--seconds must be a number, got {self.seconds!r}")
         shapes = tuple(parse_hw(s, "--shape") for s in self.shapes)
         if not shapes:
             raise ConfigError("give at least one --shape (e.g. 256x256)")

@@ -181,25 +181,17 @@ def _check_stage_configs(s: dict, where: str) -> None:
                          tile_overlap=e["tile_overlap"])
 
     def fold():
+        from datprl_edge.fold.folding import FoldConfig
+
         f = s["fold"]
-        for key in ("images", "crop"):
-            if isinstance(f[key], bool) or not isinstance(f[key], int) or f[key] < 1:
-                raise ConfigError(f"{key} must be a positive integer, got {f[key]!r}")
-        if isinstance(f["min_psnr_db"], bool) or not isinstance(f["min_psnr_db"], (int, float)):
-            raise ConfigError(f"min_psnr_db must be a number, got {f['min_psnr_db']!r}")
+        FoldConfig(images=f["images"], crop=f["crop"], min_psnr_db=f["min_psnr_db"], latency_iters=0)
 
     def bench():
+        from datprl_edge.bench.driver import BenchConfig
+
         b = s["bench"]
-        for shape in b["shapes"]:
-            parse_hw(shape, "shape")
-        for key in ("iters", "threads"):
-            if isinstance(b[key], bool) or not isinstance(b[key], int) or b[key] < 0:
-                raise ConfigError(f"{key} must be an integer >= 0, got {b[key]!r}")
-        if isinstance(b["seconds"], bool) or not isinstance(b["seconds"], (int, float)) or b["seconds"] <= 0:
-            raise ConfigError(f"seconds must be a positive number, got {b['seconds']!r}")
-        for unit in b["compute_units"]:
-            if unit not in COMPUTE_UNITS:
-                raise UnknownChoiceError("compute units", str(unit), COMPUTE_UNITS)
+        BenchConfig(shapes=tuple(b["shapes"]), iters=b["iters"] or None, seconds=b["seconds"],
+                    warmup=b["warmup"], threads=b["threads"] or None, compute_units=tuple(b["compute_units"]))
 
     for section, build in (("qat", qat), ("distill", distill), ("export", export), ("fold", fold),
                            ("bench", bench), ("eval", lambda: resolve_tasks(s["eval"]["tasks"]))):

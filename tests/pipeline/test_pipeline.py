@@ -204,7 +204,7 @@ def test_cli_bad_recipe_is_one_line(tmp_path, capsys):
     ('[eval]\ntasks = ["natural/sr_x5"]\n', "did you mean 'natural/sr_x4'"),
     ('[bench]\nshapes = ["256x"]\n', "\\[bench\\]"),
     ('[distill]\nmode = "train"\nsteps = 0\n', "\\[distill\\]"),
-    ("[fold]\ncrop = 0\n", "\\[fold\\] crop must be a positive integer"),
+    ("[fold]\ncrop = 4\n", "\\[fold\\] fold crop must be an integer >= 8"),  # what the fold stage takes
 ])
 def test_whole_recipe_is_checked_before_the_first_stage(tmp_path, capsys, text, message):
     from datprl_edge.cli.main import main
