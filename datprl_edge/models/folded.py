@@ -16,7 +16,13 @@ from torch import nn
 from datprl_edge.core.errors import ConfigError
 from datprl_edge.models.folded_prompt import FoldedFiLM, FoldedPromptPool, assign, conv1x1_matrix
 from datprl_edge.models.registry import register_arch
-from datprl_edge.models.student import EdgeDATPRL, _check_options
+from datprl_edge.models.context import check_context
+from datprl_edge.models.student import (
+    EdgeDATPRL,
+    _check_options,
+    block_context_layout,
+    name_context_blocks,
+)
 from datprl_edge.models.student_blocks import EdgeBlock
 
 STATIC_ARCH = "EdgeDATPRLStatic"
@@ -56,35 +62,35 @@ class EdgeDATPRLStatic(nn.Module):
         self.decoders = nn.ModuleList(nn.ModuleList(EdgeBlock(chans[i], **blk) for _ in range(n))
                                       for i, n in enumerate(dec_blk_nums))
         self.ending = nn.Conv2d(width, img_channel, 3, padding=1)
+        name_context_blocks(self)
 
-    # The student's padding (trace-aware) and encoder, shared as plain functions.
+    # The student's padding (trace-aware), encoder and decoder, shared as plain functions.
     _pad = EdgeDATPRL._pad
     _encode = EdgeDATPRL._encode
+    _decode = EdgeDATPRL._decode
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._run(x)[0]
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                context_mix: torch.Tensor | None = None):
+        """The restored batch; with `context` and `context_mix`, (restored, own context)."""
+        ctx = check_context(self, x, context, context_mix)
+        out = self._run(x, ctx)[0]
+        return out if ctx is None else (out, ctx.output())
+
+    def context_layout(self) -> list[tuple[str, int]]:
+        """The context entries (name, size): each block's channel-attention mean (no routing)."""
+        return block_context_layout(self)
 
     def forward_with_aux(self, x: torch.Tensor):
         """(output, aux) with aux["features"] as the student's (dec1..decL, latent); no routing."""
         return self._run(x)
 
-    def _run(self, x):
+    def _run(self, x, ctx=None):
         h_in, w_in = x.shape[2], x.shape[3]
         if torch.jit.is_tracing():
             h_in, w_in = int(h_in), int(w_in)
         xp = self._pad(x)
-        _, skips, h = self._encode(xp)
-        for blk in self.middle_blks:
-            h = blk(h)
-        feats = {"latent": h}
-        for i in reversed(range(len(self.decoders))):
-            h = self.ups[i](h) + skips[i]
-            for blk in self.decoders[i]:
-                h = blk(h)
-            feats[f"dec{i + 1}"] = h
-        out = self.ending(h) + xp
-        if xp is not x:
-            out = out[:, :, :h_in, :w_in]
+        _, skips, h = self._encode(xp, ctx)
+        out, feats = self._decode(None, h, skips, xp, x, h_in, w_in, ctx)
         return out, {"features": feats, "routing": {}, "tasks": list(self.tasks)}
 
 

@@ -19,6 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from datprl_edge.core.errors import ChannelCountError, ConfigError
+from datprl_edge.models.context import (
+    DOMAIN_QUERY,
+    DOMAIN_WEIGHTS,
+    TASK_QUERY,
+    TASK_WEIGHTS,
+    check_context,
+)
 from datprl_edge.models.prompt_pool import PromptPool, Routing
 from datprl_edge.models.registry import register_arch, register_model
 from datprl_edge.models.student_blocks import (
@@ -84,14 +91,27 @@ class EdgeDATPRL(nn.Module):
             nn.ModuleList(EdgeBlock(chans[i], prompt_dim, **blk) for _ in range(n))
             for i, n in enumerate(dec_blk_nums))
         self.ending = nn.Conv2d(width, img_channel, 3, padding=1)
+        name_context_blocks(self)
         self.apply(_variance_preserving_init)
         with torch.no_grad():  # start near the identity (global residual), not at random noise
             self.ending.weight.mul_(0.1)
 
     # -- public API -------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor, override: PromptOverride | None = None) -> torch.Tensor:
-        return self._run(x, override)[0]
+    def forward(self, x: torch.Tensor, override: PromptOverride | None = None,
+                context: torch.Tensor | None = None, context_mix: torch.Tensor | None = None):
+        """The restored batch; with `context` and `context_mix` (B, K) (see `models.context`), the
+        tuple (restored, this input's own context)."""
+        ctx = check_context(self, x, context, context_mix)
+        out, aux = self._run(x, override, ctx)
+        return out if ctx is None else (out, ctx.output())
+
+    def context_layout(self) -> list[tuple[str, int]]:
+        """The context entries (name, size): routing weights, mapper means, channel-attention means."""
+        return [(DOMAIN_WEIGHTS, self.domain_prompt_pool.pool_size),
+                (TASK_WEIGHTS, self.degradation_prompt_pool.pool_size),
+                (DOMAIN_QUERY, self.domain_mapper.proj.in_features),
+                (TASK_QUERY, self.degradation_mapper.proj.in_features)] + block_context_layout(self)
 
     def forward_with_aux(self, x: torch.Tensor, override: PromptOverride | None = None):
         """(output, aux): aux["features"] holds dec1..decL (H, H/2, ...) and latent, at the padded
@@ -135,21 +155,27 @@ class EdgeDATPRL(nn.Module):
             return x
         return F.pad(x, (0, pw, 0, ph))
 
-    def _encode(self, xp):
+    def _encode(self, xp, ctx=None):
         feat = self.intro(xp)
         h, skips = feat, []
         for enc, down in zip(self.encoders, self.downs):
-            h = enc(h)
+            if ctx is None:
+                h = enc(h)
+            else:
+                for blk in enc:
+                    h = blk(h, None, ctx)
             skips.append(h)
             h = down(h)
         return feat, skips, h
 
-    def _run(self, x, override):
+    def _run(self, x, override, ctx=None):
         h_in, w_in = x.shape[2], x.shape[3]
         if torch.jit.is_tracing():
             h_in, w_in = int(h_in), int(w_in)
         xp = self._pad(x)
-        feat, skips, h = self._encode(xp)
+        feat, skips, h = self._encode(xp, ctx)
+        if ctx is not None:
+            return self._run_with_context(xp, x, h_in, w_in, skips, feat, h, override, ctx)
         d_route = self.domain_prompt_pool.route(self.domain_mapper(feat))
         t_route = self.degradation_prompt_pool.route(self.degradation_mapper(h))
         if override is None:
@@ -160,24 +186,46 @@ class EdgeDATPRL(nn.Module):
             cond = self._condition(d_route, t_route, override, films=False)
             d_prompt, t_prompt = cond.domain_prompt, cond.task_prompt
             weights = {"domain": cond.domain_weights, "degradation": cond.task_weights}
-        prompt = torch.cat([d_prompt, t_prompt], dim=1)
-        for blk in self.middle_blks:
-            h = blk(h, prompt)
-        feats = {"latent": h}
-        for i in reversed(range(len(self.decoders))):
-            h = self.ups[i](h) + skips[i]
-            for blk in self.decoders[i]:
-                h = blk(h, prompt)
-            feats[f"dec{i + 1}"] = h
-        out = self.ending(h) + xp
-        if xp is not x:
-            out = out[:, :, :h_in, :w_in]
+        out, feats = self._decode(torch.cat([d_prompt, t_prompt], dim=1), h, skips, xp, x, h_in, w_in)
         if weights is None:
             weights = {"domain": d_route.dense(self.domain_prompt_pool.pool_size),
                        "degradation": t_route.dense(self.degradation_prompt_pool.pool_size)}
         aux = {"features": feats, "routing": {"domain": d_route, "degradation": t_route},
                "prompt_weights": weights}
         return out, aux
+
+    def _run_with_context(self, xp, x, h_in, w_in, skips, feat, h, override, ctx):
+        """`_run` with the image-wide quantities taken through `ctx` (dense routing weights)."""
+        d_query = ctx.pool(DOMAIN_QUERY, self.domain_mapper.pooled(feat))
+        t_query = ctx.pool(TASK_QUERY, self.degradation_mapper.pooled(h))
+        d_route = self.domain_prompt_pool.route(self.domain_mapper.proj(d_query))
+        t_route = self.degradation_prompt_pool.route(self.degradation_mapper.proj(t_query))
+        if override is None:
+            d_w = d_route.dense(self.domain_prompt_pool.pool_size)
+            t_w = t_route.dense(self.degradation_prompt_pool.pool_size)
+        else:
+            cond = self._condition(d_route, t_route, override, films=False)
+            d_w, t_w = cond.domain_weights, cond.task_weights
+        d_w, t_w = ctx.pool(DOMAIN_WEIGHTS, d_w), ctx.pool(TASK_WEIGHTS, t_w)
+        prompt = torch.cat([self.domain_prompt_pool.compose_dense(d_w),
+                            self.degradation_prompt_pool.compose_dense(t_w)], dim=1)
+        out, feats = self._decode(prompt, h, skips, xp, x, h_in, w_in, ctx)
+        return out, {"features": feats, "routing": {"domain": d_route, "degradation": t_route},
+                     "prompt_weights": {"domain": d_w, "degradation": t_w}}
+
+    def _decode(self, prompt, h, skips, xp, x, h_in, w_in, ctx=None):
+        for blk in self.middle_blks:
+            h = blk(h, prompt, ctx)
+        feats = {"latent": h}
+        for i in reversed(range(len(self.decoders))):
+            h = self.ups[i](h) + skips[i]
+            for blk in self.decoders[i]:
+                h = blk(h, prompt, ctx)
+            feats[f"dec{i + 1}"] = h
+        out = self.ending(h) + xp
+        if xp is not x:
+            out = out[:, :, :h_in, :w_in]
+        return out, feats
 
     def _condition(self, d_route: Routing | None, t_route: Routing | None, override, films=True):
         batch = None if d_route is None else d_route.weights.shape[0]
@@ -197,6 +245,19 @@ class EdgeDATPRL(nn.Module):
                 if isinstance(mod, EdgeBlock) and mod.film is not None:
                     terms[name] = mod.film.terms(prompt)
         return PromptConditioning(d_prompt, t_prompt, prompt, d_w, t_w, terms)
+
+
+def name_context_blocks(model) -> None:
+    """Give every EdgeBlock its context entry name: its module path."""
+    for name, mod in model.named_modules():
+        if isinstance(mod, EdgeBlock):
+            mod.context_key = name
+
+
+def block_context_layout(model) -> list[tuple[str, int]]:
+    """(name, channels) of every block's channel-attention mean, shallow to deep, then decoders."""
+    return [(mod.context_key, mod.sca.in_channels) for mod in model.modules()
+            if isinstance(mod, EdgeBlock) and mod.sca is not None]
 
 
 def _known_zero(n) -> bool:

@@ -84,15 +84,19 @@ class EdgeBlock(nn.Module):
         self.conv5 = nn.Conv2d(ffn // 2, c, 1)
         self.beta = nn.Parameter(torch.full((1, c, 1, 1), float(layer_scale_init)))
         self.gamma = nn.Parameter(torch.full((1, c, 1, 1), float(layer_scale_init)))
+        self.context_key = ""  # this block's entry in the model's context (set by the model)
 
-    def forward(self, x: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, prompt: torch.Tensor | None = None, ctx=None) -> torch.Tensor:
         h = x if self.film is None else self.film(x, prompt)
         if isinstance(self.conv1, Halves):
             h = self.conv2.a(self.conv1.a(h)) * self.conv2.b(self.conv1.b(h))
         else:
             h = self.gate(self.conv2(self.conv1(h)))
         if self.sca is not None:
-            h = h * self.sca(h.mean(dim=(2, 3), keepdim=True))
+            pooled = h.mean(dim=(2, 3), keepdim=True)
+            if ctx is not None:
+                pooled = ctx.pool(self.context_key, pooled.flatten(1))[:, :, None, None]
+            h = h * self.sca(pooled)
         y = x + _scaled(self.beta, self.conv3(h))
         f = self.conv4.a(y) * self.conv4.b(y) if isinstance(self.conv4, Halves) else self.gate(self.conv4(y))
         return y + _scaled(self.gamma, self.conv5(f))
@@ -172,7 +176,11 @@ class QueryMapper(nn.Module):
         self.proj = nn.Linear(hidden, prompt_dim)
 
     def forward(self, x):
-        return self.proj(self.act(self.conv(x)).mean(dim=(2, 3)))
+        return self.proj(self.pooled(x))
+
+    def pooled(self, x):
+        """The global mean the query is projected from (B, hidden): the mapper's context entry."""
+        return self.act(self.conv(x)).mean(dim=(2, 3))
 
 
 @dataclasses.dataclass(frozen=True)
