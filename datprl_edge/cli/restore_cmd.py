@@ -23,9 +23,9 @@ def register(subparsers):
                     "its tags. With one input file and an OUTPUT that has a suffix, OUTPUT is that file; "
                     "otherwise OUTPUT is a folder that mirrors the input names, and it may not be an input "
                     "folder. Existing outputs are kept unless --overwrite; inputs are never overwritten.",
-        epilog="Large images are cut into overlapping tiles blended back together. In --task auto the "
-               "prompt routing sees one tile at a time, so each tile is routed on its own; force a task (or "
-               "use a model folded for one) when all tiles must share a prompt. Failed files print "
+        epilog="Large images are cut into overlapping tiles blended back together. Edge students and their "
+               "artifacts tile seam-free: one pass over the (downscaled) whole image gives its routing and "
+               "channel statistics, then every tile is restored with them. Failed files print "
                "'datprl-edge: error: FILE: REASON' and the run goes on; the exit code is 2 if any failed.",
     )
     p.add_argument("model", metavar="MODEL", help="checkpoint, bundled:NAME or exported artifact")
@@ -34,8 +34,18 @@ def register(subparsers):
     p.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="output file, or folder")
     p.add_argument("--task", default="auto", metavar="auto|ID",
                    help="auto: the model routes its prompts (default); a task id (e.g. medical/ct_denoise) "
-                        "forces that task's prompts where the model records them, and must match an artifact "
-                        "folded for fixed tasks")
+                        "forces that task's prompt-pool weights through the routing input (edge students and "
+                        "their artifacts, no re-folding), and must match a model folded for fixed tasks")
+    p.add_argument("--domain", default=None, metavar="NAME",
+                   help="force a domain's prompt weights (natural, medical, remote); the task prompt stays "
+                        "automatic")
+    p.add_argument("--blend", type=float, default=None, metavar="B",
+                   help="with --task or --domain: mix the forced weights with the model's own routing, 0 "
+                        "(own) to 1 (forced, default)")
+    p.add_argument("--stats-size", type=int, default=None, metavar="PX",
+                   help="seam-free tiling: the image's routing and channel statistics come from one pass "
+                        "over it, box-downscaled to this longest side (default 1024; 0: every tile its "
+                        "own, with seams)")
     p.add_argument("--tile", type=int, default=None, metavar="N",
                    help="tile size in pixels, a multiple of the model's pad multiple (default: the "
                         "artifact's recommended tile, else 512; 0 runs whole images)")
@@ -59,12 +69,13 @@ def run(args) -> int:
     from datprl_edge.restore.runners import open_runner
 
     options = RestoreOptions(tile=args.tile, overlap=args.overlap, window=args.window,
-                             overwrite=args.overwrite)
+                             overwrite=args.overwrite, stats_size=args.stats_size)
     parse_window(args.window)  # a bad window is one error, not one per file
     jobs, failures, skipped = plan_jobs(args.inputs, args.output, recursive=args.recursive)
     if args.window != "full" and jobs and not any(job.dicom_in for job in jobs):
         raise ConfigError("--window applies to DICOM inputs only")
-    runner = open_runner(args.model, network=args.network, task=args.task) if jobs else None
+    runner = open_runner(args.model, network=args.network, task=args.task, domain=args.domain,
+                         blend=args.blend) if jobs else None
     debug = bool(getattr(args, "debug", False)) or os.environ.get("DATPRL_EDGE_DEBUG") == "1"
     for src, reason in failures:
         _error(src, reason)

@@ -22,6 +22,20 @@ from datprl_edge.core.targets import target_for_suffix
 
 METADATA_PREFIX = "datprl_edge."
 INPUT_NAME, OUTPUT_NAME = "input", "output"
+# A model with a context (models/context.py) also takes these (1, K) float32 inputs and returns its
+# own context; artifacts of models without one have only the image tensors.
+CONTEXT_NAME, CONTEXT_MIX_NAME, CONTEXT_OUT_NAME = "context", "context_mix", "context_out"
+CONTEXT_DOC = (f"optional inputs {CONTEXT_NAME}, {CONTEXT_MIX_NAME} (1, context_size) float32, zeros when "
+               "not given (the model's own behaviour); entry by entry the model uses "
+               f"own + {CONTEXT_MIX_NAME} * ({CONTEXT_NAME} - own), where own is this input's value; output "
+               f"{CONTEXT_OUT_NAME} (1, context_size) = own; entries and sizes in context_layout")
+
+
+def io_names(with_context: bool) -> tuple[list, list]:
+    """(input names, output names) of an artifact, in order."""
+    if not with_context:
+        return [INPUT_NAME], [OUTPUT_NAME]
+    return [INPUT_NAME, CONTEXT_NAME, CONTEXT_MIX_NAME], [OUTPUT_NAME, CONTEXT_OUT_NAME]
 
 
 # -- naming -------------------------------------------------------------------------------------
@@ -60,9 +74,10 @@ def artifact_size(path) -> int:
 
 def build_metadata(*, model_name: str, target: str, precision: str, tasks=None, pad_multiple: int = 8,
                    img_channel: int = 3, tile_size: int = 256, tile_overlap: int = 16,
-                   source_sha256: str | None = None, shapes: str = "dynamic",
+                   source_sha256: str | None = None, shapes: str = "dynamic", context_layout=(),
                    extra: dict | None = None) -> dict:
-    """The metadata every artifact embeds, as flat string key/values."""
+    """The metadata every artifact embeds, as flat string key/values. `context_layout` [(name, size)]:
+    the artifact's context entries (empty: it takes the image only)."""
     from datprl_edge.core.version import __version__
 
     meta = {
@@ -84,6 +99,10 @@ def build_metadata(*, model_name: str, target: str, precision: str, tasks=None, 
         "tile_overlap": str(int(tile_overlap)),
         "source_sha256": source_sha256 or "none",
     }
+    if context_layout:
+        layout = [[str(name), int(size)] for name, size in context_layout]
+        meta.update(context_layout=json.dumps(layout), context_size=str(sum(n for _, n in layout)),
+                    context=CONTEXT_DOC)
     for k, v in (extra or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
     return meta

@@ -7,13 +7,16 @@ converts to int8 weights (constexpr_affine_dequantize) and quantize/dequantize a
 The trace runs at a size that is a multiple of the model's pad multiple, so the in-model padding
 is a no-op and drops out of the graph: Core ML artifacts take sizes that are multiples of the pad
 multiple, and the runtime session pads other sizes (recorded in the metadata as `input_multiple`).
+
+A model with a context gets the inputs context and context_mix, fixed (1, K) and optional (an
+all-zero default value, which Core ML uses when the input is not given), and the output context_out.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from datprl_edge.core.artifacts import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAME, quiet, require
+from datprl_edge.core.artifacts import INPUT_NAME, METADATA_PREFIX, quiet, require
 from datprl_edge.core.errors import ConfigError, VerificationError
 from datprl_edge.runtime.coreml import INT8_ACTIVATION_OPS, INT8_WEIGHT_OPS, inspect_coreml
 
@@ -28,15 +31,20 @@ def export(job, dest: Path) -> dict:
     m = job.pad_multiple
     if any(h % m or w % m for h, w in job.shapes):  # export_model says so earlier, with a hint
         raise ConfigError(f"Core ML shapes must be multiples of the model's pad multiple {m}")
-    module = job.quant_program() if job.precision == "int8" else job.module
-    example = job.example_input()
+    module = job.program()
+    example = job.example_inputs()
+    input_names, output_names = job.io_names()
+    inputs = [ct.TensorType(name=INPUT_NAME, shape=_input_shape(ct, job), dtype=np.float32)]
+    zeros = np.zeros((1, job.context_size), np.float32)
+    inputs += [ct.TensorType(name=name, shape=zeros.shape, dtype=np.float32, default_value=zeros)
+               for name in input_names[1:]]
     with quiet(), torch.no_grad():
         traced = torch.jit.trace(module, example, check_trace=False)
         trace_diff = _trace_generalizes(module, traced, example, m)
         mlmodel = ct.convert(
             traced,
-            inputs=[ct.TensorType(name=INPUT_NAME, shape=_input_shape(ct, job), dtype=np.float32)],
-            outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
+            inputs=inputs,
+            outputs=[ct.TensorType(name=name, dtype=np.float32) for name in output_names],
             convert_to="mlprogram",
             minimum_deployment_target=ct.target.iOS17,
             compute_precision=ct.precision.FLOAT32 if job.precision == "fp32" else ct.precision.FLOAT16,
@@ -68,9 +76,14 @@ def _trace_generalizes(module, traced, example, multiple: int) -> float:
     multiple): Core ML cannot run here, but the graph it was converted from can."""
     import torch
 
-    h, w = example.shape[2] + 2 * multiple, example.shape[3] + multiple
-    x = torch.rand(1, example.shape[1], h, w, generator=torch.Generator().manual_seed(1))
-    diff = float((traced(x) - module(x)).abs().max())
+    image = example[0]
+    h, w = image.shape[2] + 2 * multiple, image.shape[3] + multiple
+    x = torch.rand(1, image.shape[1], h, w, generator=torch.Generator().manual_seed(1))
+    got, want = traced(x, *example[1:]), module(x, *example[1:])
+    if isinstance(got, (tuple, list)):  # (restored, context_out)
+        diff = max(float((a - b).abs().max()) for a, b in zip(got, want))
+    else:
+        diff = float((got - want).abs().max())
     if not diff <= 1e-3:
         raise VerificationError(f"the traced graph does not reproduce the model at {h}x{w} "
                                 f"(max abs diff {diff:.3g}); it cannot be exported with flexible sizes")

@@ -23,6 +23,7 @@ from datprl_edge.core.artifacts import (
     artifact_size,
     artifact_stem,
     build_metadata,
+    io_names,
     macos,
     quiet,
     require,
@@ -33,8 +34,10 @@ from datprl_edge.core.targets import TargetSpec, parse_targets, stage_module
 from datprl_edge.export.config import ExportConfig
 from datprl_edge.export.verify import (
     MIN_EXACT_INT8_PSNR_DB,
+    check_context,
     check_exact_int8,
     compare_outputs,
+    max_abs_diff,
     structural_only,
 )
 from datprl_edge.io.atomic import check_output_dir, partial_dir, swap_in
@@ -87,26 +90,84 @@ class ExportJob:
     quant: object = None  # QAT result (int8 only)
     cache: dict = dataclasses.field(default_factory=dict)
     notes: dict = dataclasses.field(default_factory=dict)  # for the report (e.g. the fold)
+    # [(name, size)] of the artifact's context inputs; [] for an image-only artifact
+    context_layout: list = dataclasses.field(default_factory=list)
 
     @property
     def dynamic(self) -> bool:
         return len(self.shapes) != 1
 
-    def example_input(self):
+    @property
+    def context_size(self) -> int:
+        return sum(int(n) for _, n in self.context_layout)
+
+    def io_names(self) -> tuple[list, list]:
+        return io_names(bool(self.context_layout))
+
+    def example_inputs(self) -> tuple:
+        """(image,) or (image, context, context_mix): what the programs below are traced with."""
         import torch
 
         if len(self.shapes) >= 1:
             h, w = self.shapes[0]
         else:
             h = w = max(64, 4 * self.pad_multiple)
-        return torch.rand(1, self.channels, h, w, generator=torch.Generator().manual_seed(0))
+        gen = torch.Generator().manual_seed(0)
+        image = torch.rand(1, self.channels, h, w, generator=gen)
+        if not self.context_layout:
+            return (image,)
+        k = self.context_size
+        return image, torch.rand(1, k, generator=gen), torch.rand(1, k, generator=gen)
+
+    def float_program(self):
+        """The float module as a program of `example_inputs()` (positional), cached."""
+        if not self.context_layout:
+            return self.module
+        key = ("context_program", id(self.module))
+        if key not in self.cache:
+            self.cache[key] = with_context_inputs(self.module)
+        return self.cache[key]
 
     def quant_program(self):
+        """The QAT result's converted program; with a context it takes (image, context, context_mix)."""
         key = ("converted", id(self.quant))
         if key not in self.cache:
             with quiet():
                 self.cache[key] = self.quant.converted()
         return self.cache[key]
+
+    def program(self):
+        """What this artifact is converted from: the float program, or the INT8 one."""
+        return self.quant_program() if self.precision == "int8" else self.float_program()
+
+    def reference_program(self):
+        """The torch reference, called like `program()`: the float program, or for INT8 the QAT
+        result's fake-quant module (a PT2E graph takes the context positionally, an eager module
+        as keywords)."""
+        if self.precision != "int8":
+            return self.float_program()
+        import torch
+
+        prepared = self.quant.prepared
+        if self.context_layout and not isinstance(prepared, torch.fx.GraphModule):
+            return with_context_inputs(prepared)
+        return prepared
+
+
+def with_context_inputs(module):
+    """A student as a module of (image, context, context_mix) -> (restored, context_out), positional
+    (the students take the context as keywords after their other options)."""
+    import torch
+
+    class ContextProgram(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, image, context, context_mix):
+            return self.inner(image, context=context, context_mix=context_mix)
+
+    return ContextProgram(module).eval()
 
 
 def export_model(model, config: ExportConfig, out_dir, *, progress=None) -> list[ArtifactReport]:
@@ -115,6 +176,8 @@ def export_model(model, config: ExportConfig, out_dir, *, progress=None) -> list
     Raises VerificationError after trying every target if any artifact failed its check (the
     passing ones are kept). `progress(message)` is called before each artifact.
     """
+    from datprl_edge.models.context import context_layout
+
     out_dir = check_output_dir(out_dir)
     float_model, qat = _split_source(model)
     plan = [(spec, p) for spec in parse_targets(config.targets)
@@ -143,6 +206,7 @@ def export_model(model, config: ExportConfig, out_dir, *, progress=None) -> list
                 progress(f"folding the prompts for {config.task}")
             float_model, fold_notes = fold_for_task(float_model, config.task, config.calibration)
     images = verification_images(config, channels)
+    routing = _routing_table(float_model, config, progress)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache: dict = {}
     reports, failures = [], []
@@ -150,19 +214,21 @@ def export_model(model, config: ExportConfig, out_dir, *, progress=None) -> list
         if progress:
             progress(f"exporting {spec.name} {precision}")
         quant, int8_source = (None, None)
+        layout = context_layout(float_model) if float_model is not None else []
         if precision == "int8":
             quant, int8_source = quantize_for_target(float_model, qat, spec.name, config)
+            layout = [tuple(e) for e in getattr(quant, "context_layout", None) or []]
         meta = build_metadata(
             model_name=name, target=spec.name, precision=precision,
             tasks=[config.task] if config.task else _folded_tasks(float_model, qat),
             pad_multiple=pad_multiple, img_channel=channels,
             tile_size=config.tile_size, tile_overlap=config.tile_overlap, source_sha256=config.source_sha256,
-            shapes=format_shapes(config.shapes),
-            extra=_target_extra(spec, precision, config, pad_multiple, quant))
+            shapes=format_shapes(config.shapes), context_layout=layout,
+            extra={**_target_extra(spec, precision, config, pad_multiple, quant), **routing})
         job = ExportJob(module=float_model, target=spec.name, precision=precision, shapes=list(config.shapes),
                         metadata=meta, channels=channels, pad_multiple=pad_multiple,
                         tile_size=config.tile_size, compute_units=config.compute_units, quant=quant,
-                        cache=cache, notes=dict(fold_notes))
+                        cache=cache, notes=dict(fold_notes), context_layout=list(layout))
         report = _export_one(spec, job, images, out_dir, stems[(spec.name, precision)], int8_source)
         (reports if report.passed else failures).append(report)
     if failures:
@@ -173,6 +239,9 @@ def export_model(model, config: ExportConfig, out_dir, *, progress=None) -> list
 
 def _failure(v) -> str:
     if v.exact_int8_psnr_db is not None and v.exact_int8_psnr_db < MIN_EXACT_INT8_PSNR_DB:
+        return v.note
+    main_failed = v.max_abs_diff is None or (v.psnr_db is not None and v.psnr_db < v.threshold_db)
+    if v.context_passed is False and not main_failed:
         return v.note
     return f"{v.psnr_db} dB < {v.threshold_db} dB (max abs diff {v.max_abs_diff})"
 
@@ -202,11 +271,12 @@ def _export_one(spec: TargetSpec, job: ExportJob, images, out_dir: Path, stem: s
 
 
 def _verify(spec, job: ExportJob, path: Path, images, structure: dict):
-    reference_model = job.quant.prepared if job.precision == "int8" else job.module
-    reference = "fake-quant torch model (QAT prepared)" if job.precision == "int8" else "FP32 torch model"
+    int8 = job.precision == "int8"
+    reference_model = job.reference_program()
+    reference = "fake-quant torch model (QAT prepared)" if int8 else "FP32 torch model"
     if spec.structure_check:
         runtime = stage_module(spec, "runtime")
-        float_module = job.module if job.module is not None else reference_model
+        float_module = job.module if job.module is not None else job.quant.prepared
         problems = runtime.check_structure(structure, job.precision, _param_count(float_module), job.shapes)
         if problems:
             raise VerificationError(f"{spec.label} package failed its structural check: "
@@ -219,35 +289,86 @@ def _verify(spec, job: ExportJob, path: Path, images, structure: dict):
 
     session = open_artifact(path)
     batches = [_fit(img, job) for _, img in images]
-    refs = _reference_outputs(reference_model, batches, job)
+    with _reference_mode(job):
+        refs = [_own_reference(reference_model, x, job)[0] for x in batches]
     outs = [session.run(x) for x in batches]
     names = [f"{name} {x.shape[2]}x{x.shape[3]}" for (name, _), x in zip(images, batches)]
     verification = compare_outputs(refs, outs, job.precision, reference, names)
-    twin = session.exact_int8_twin() if job.precision == "int8" else None
+    if job.context_layout:
+        verification = _check_context_input(verification, session, reference_model, batches, refs[0], job)
+    twin = session.exact_int8_twin() if int8 else None
     if twin is not None:
         verification = check_exact_int8(verification, outs, [twin.run(x) for x in batches])
     return verification
 
 
-def _reference_outputs(module, batches, job: ExportJob) -> list:
+def _check_context_input(verification, session, reference_model, batches, own_ref, job: ExportJob):
+    """Run the first image with the own context of another (the second image, else the first one
+    inverted) at mix 1, in torch and in the artifact: the context inputs must be wired."""
+    a = batches[0]
+    b = batches[1] if len(batches) > 1 else np.ascontiguousarray(1.0 - a)
+    ones = np.ones((1, job.context_size), np.float32)
+    with _reference_mode(job):
+        other = _own_reference(reference_model, b, job)[1]
+        ref, ref_own = reference_output(reference_model, a, job.pad_multiple, other, ones)
+    out, out_own = session.run_with_context(a, other, ones)
+    verification = check_context(verification, ref, out, ref_own, out_own)
+    verification.context_effect_max_abs_diff = max_abs_diff(ref, own_ref)
+    return verification
+
+
+def _reference_mode(job: ExportJob):
     if job.precision != "int8":
-        return [reference_output(module, x, job.pad_multiple) for x in batches]
+        return contextlib.nullcontext()
     from datprl_edge.quantize.scope import frozen_observers
 
-    with frozen_observers(module):  # the reference must not move the ranges the artifact was built with
-        return [reference_output(module, x, job.pad_multiple) for x in batches]
+    # the reference must not move the ranges the artifact was built with
+    return frozen_observers(job.quant.prepared)
 
 
-def reference_output(module, x: np.ndarray, pad_multiple: int) -> np.ndarray:
+def _own_reference(module, x: np.ndarray, job: ExportJob):
+    """(restored, own context or None) of the reference program with a zero context (own behaviour)."""
+    if not job.context_layout:
+        return reference_output(module, x, job.pad_multiple), None
+    zeros = np.zeros((x.shape[0], job.context_size), np.float32)
+    return reference_output(module, x, job.pad_multiple, zeros, zeros)
+
+
+def _routing_table(float_model, config: ExportConfig, progress) -> dict:
+    """{"routing_table": JSON} for a model whose prompts are routed (not folded): each task's and
+    domain's prompt-pool weights (`fold.routing`), so `restore --task/--domain` can force them through
+    the artifact's context on a device."""
+    from datprl_edge.fold.routing import has_routing, routing_table
+
+    if float_model is None or config.task or not has_routing(float_model):
+        return {}
+    if progress:
+        progress("tabulating the routing of each task (calibration images)")
+    table = routing_table(float_model, calibration=config.calibration or "all")
+    return {"routing_table": json.dumps(table, separators=(",", ":"))}
+
+
+def reference_output(module, x: np.ndarray, pad_multiple: int, context=None, context_mix=None):
     """The torch output for an NCHW array, padded to the pad multiple as the model does itself
-    (so programs traced at a multiple of it run at any size) and cropped back."""
+    (so programs traced at a multiple of it run at any size) and cropped back.
+
+    With `context` and `context_mix` (N, K) arrays, `module` is a program of (image, context,
+    context_mix) (see `with_context_inputs`) and the result is (restored, own context)."""
     import torch
 
     h, w = x.shape[2], x.shape[3]
     xp = np.pad(x, ((0, 0), (0, 0), (0, (-h) % pad_multiple), (0, (-w) % pad_multiple)))
+    args = [torch.from_numpy(np.ascontiguousarray(xp))]
+    if context is not None:
+        args += [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in (context, context_mix)]
     with torch.no_grad():
-        out = module(torch.from_numpy(np.ascontiguousarray(xp)))
-    return out.detach().float().numpy()[:, :, :h, :w]
+        if context is None:  # the image alone: a zero context where the program takes one
+            from datprl_edge.quantize.feed import run_image
+
+            return run_image(module, args[0]).detach().float().numpy()[:, :, :h, :w]
+        out = module(*args)
+    restored, own = out
+    return restored.detach().float().numpy()[:, :, :h, :w], own.detach().float().numpy()
 
 
 def _fit(img: np.ndarray, job: ExportJob) -> np.ndarray:

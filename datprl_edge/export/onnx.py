@@ -4,13 +4,18 @@ FP32: the float model, dynamic H/W unless one static shape is asked for. FP16: t
 through onnxruntime's float16 converter with float32 input/output kept (Cast at both ends).
 INT8: the QAT result's converted PT2E program, which exports as QDQ (QuantizeLinear /
 DequantizeLinear around int8 weight initializers). torch is imported inside the functions.
+
+A model with a context gets the inputs context and context_mix (1, K) and the output context_out;
+in the written file both inputs also have an all-zero initializer, ONNX's default value for an
+input, so a runtime may feed the image alone (onnxruntime lists them as overridable initializers).
+The cached graph has no defaults: OpenVINO would fold such inputs into constants.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from datprl_edge.core.artifacts import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAME, quiet, require
+from datprl_edge.core.artifacts import CONTEXT_MIX_NAME, CONTEXT_NAME, METADATA_PREFIX, quiet, require
 from datprl_edge.core.errors import ConfigError, VerificationError
 
 OPSET = 18  # the dynamo exporter's lowest opset; the issue asks for >= 17
@@ -23,6 +28,8 @@ def export(job, dest: Path) -> dict:
     proto, notes = onnx_model(job, job.precision)
     proto = onnx.ModelProto.FromString(proto.SerializeToString())  # the cache keeps the clean copy
     set_metadata(proto, job.metadata)
+    if job.context_layout:
+        add_context_defaults(proto, job.context_size)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(dest))
     if job.precision == "int8":
@@ -50,23 +57,25 @@ def onnx_model(job, precision: str):
                                         "initializers)")
             job.cache[key] = (proto, {"int8_format": "QDQ (QuantizeLinear/DequantizeLinear, int8 weights)"})
         else:
-            job.cache[key] = (trace_to_onnx(job.module, job), {})
+            job.cache[key] = (trace_to_onnx(job.float_program(), job), {})
     return job.cache[key]
 
 
 def trace_to_onnx(module, job):
-    """torch module or exported program -> ModelProto (opset 18), debug metadata stripped."""
+    """torch module or exported program of `job.example_inputs()` -> ModelProto (opset 18), debug
+    metadata stripped. Dynamic H/W (when asked) on the image only; the context is (1, K)."""
     import torch
 
-    example = job.example_input()
-    kwargs = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=OPSET, dynamo=True,
+    example = job.example_inputs()
+    inputs, outputs = job.io_names()
+    kwargs = dict(input_names=inputs, output_names=outputs, opset_version=OPSET, dynamo=True,
                   verbose=False, external_data=False)
     if job.dynamic:
         dyn = torch.export.Dim.DYNAMIC
-        kwargs["dynamic_shapes"] = ({2: dyn, 3: dyn},)
+        kwargs["dynamic_shapes"] = ({2: dyn, 3: dyn},) + (None,) * (len(example) - 1)
     with quiet():
         try:
-            program = torch.onnx.export(module, (example,), None, **kwargs)
+            program = torch.onnx.export(module, example, None, **kwargs)
         except Exception as e:  # the exporter raises many kinds; say which step failed
             raise ConfigError(f"torch.onnx.export failed for this model: {_first_line(e)}") from None
     proto = program.model_proto
@@ -101,6 +110,18 @@ def strip_debug_info(proto) -> None:
     del g.value_info[:]
     del proto.metadata_props[:]
     proto.doc_string = ""
+
+
+def add_context_defaults(proto, size: int) -> None:
+    """Make the context inputs optional: an all-zero (1, size) initializer of the same name each."""
+    import numpy as np
+
+    onnx = require("onnx", purpose="writing ONNX files")
+    present = {i.name for i in proto.graph.input}
+    for name in (CONTEXT_NAME, CONTEXT_MIX_NAME):
+        if name not in present:
+            raise VerificationError(f"the ONNX graph has no {name} input although the model has a context")
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros((1, size), np.float32), name))
 
 
 def set_metadata(proto, metadata: dict) -> None:

@@ -7,6 +7,9 @@ INT8 comes from the QAT result: an NNCF-quantized torch module (the OpenVINO qua
 directly, its quantizers becoming FakeQuantize ops with int8 weight constants; an ONNX (PT2E)
 QAT result goes through its QDQ ONNX (OpenVINO cannot convert a PT2E program directly). The float
 remainder of an INT8 IR is saved as FP16, as OpenVINO does by default.
+
+A model with a context has the inputs input, context, context_mix and the outputs output,
+context_out (names set on every port); OpenVINO has no optional inputs, so sessions feed zeros.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from datprl_edge.core.artifacts import INPUT_NAME, OUTPUT_NAME, quiet, require
+from datprl_edge.core.artifacts import quiet, require
 from datprl_edge.core.errors import VerificationError
 from datprl_edge.export.onnx import onnx_model
 from datprl_edge.runtime.openvino import RT_INFO_KEY
@@ -29,8 +32,12 @@ def export(job, dest: Path) -> dict:
         model, notes = _from_nncf(ov, job)
     else:
         model, notes = _from_onnx(ov, job)
-    model.inputs[0].get_tensor().set_names({INPUT_NAME})
-    model.outputs[0].get_tensor().set_names({OUTPUT_NAME})
+    inputs, outputs = job.io_names()
+    if len(model.inputs) != len(inputs) or len(model.outputs) != len(outputs):
+        raise VerificationError(f"the OpenVINO model has {len(model.inputs)} inputs and {len(model.outputs)} "
+                                f"outputs; expected {', '.join(inputs)} and {', '.join(outputs)}")
+    for port, name in zip(list(model.inputs) + list(model.outputs), inputs + outputs):
+        port.get_tensor().set_names({name})
     for k, v in job.metadata.items():
         model.set_rt_info(str(v), [RT_INFO_KEY, k])
     # INT8 IRs keep their float remainder (prompt path, biases) as FP16 too, OpenVINO's default.
@@ -72,8 +79,13 @@ def _from_nncf(ov, job):
 
     module = job.quant_program()
     shape = [1, job.channels, *job.shapes[0]] if len(job.shapes) == 1 else [1, job.channels, -1, -1]
+    shapes = [ov.PartialShape(shape)]
+    if job.context_layout:  # context, context_mix
+        shapes += [ov.PartialShape([1, job.context_size])] * 2
+    example = job.example_inputs()
     with quiet(), torch.no_grad():
-        model = ov.convert_model(module, example_input=job.example_input(), input=[ov.PartialShape(shape)])
+        model = ov.convert_model(module, example_input=example if len(example) > 1 else example[0],
+                                 input=shapes)
     notes = {"conversion": "NNCF-quantized torch module -> openvino.convert_model (traced)",
              "int8_format": "FakeQuantize on op inputs, int8-compressed weights (NNCF)",
              "input_multiple": str(job.pad_multiple)}

@@ -37,6 +37,14 @@ class Verification:
     # INT8 only, where the runtime has exact integer kernels: default kernels vs exact kernels
     exact_int8_max_abs_diff: float | None = None  # 0.0: the same numbers
     exact_int8_psnr_db: float | None = None  # worst image; None when identical or not checked
+    # Models with a context: one image run with another image's own context at mix 1, artifact vs
+    # torch (restored: the same threshold; context_out: recorded)
+    context_checked: bool = False
+    context_passed: bool | None = None
+    context_psnr_db: float | None = None  # None when identical or not checked
+    context_max_abs_diff: float | None = None
+    context_out_max_abs_diff: float | None = None
+    context_effect_max_abs_diff: float | None = None  # torch: given context vs own (how much the check sees)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -78,6 +86,24 @@ def check_exact_int8(verification: Verification, outs, exact_outs) -> Verificati
         verification.note = (f"on this CPU the runtime's fast INT8 kernels differ from its exact integer "
                              f"kernels ({worst:.1f} dB < {MIN_EXACT_INT8_PSNR_DB} dB): int16 saturation "
                              "without VNNI; re-quantize with this toolkit's scheme (7-bit weights)")
+    return verification
+
+
+def check_context(verification: Verification, ref, out, ref_own, out_own) -> Verification:
+    """Add the context-input check (artifact run with a given context vs torch) to a verification."""
+    value = psnr_db(ref, out)
+    own_diff = max_abs_diff(ref_own, out_own)
+    ok = value >= verification.threshold_db and math.isfinite(own_diff)
+    verification.context_checked, verification.context_passed = True, ok
+    verification.context_psnr_db = round(value, 3) if math.isfinite(value) else None
+    diff = max_abs_diff(ref, out)
+    verification.context_max_abs_diff = diff if math.isfinite(diff) else None
+    verification.context_out_max_abs_diff = own_diff if math.isfinite(own_diff) else None
+    if not ok:
+        verification.passed = False
+        verification.note = (f"with a given context (mix 1) the artifact differs from torch: {value:.1f} dB "
+                             f"< {verification.threshold_db} dB, context_out max abs diff {own_diff:.3g}; "
+                             "the context inputs are not wired as in the model")
     return verification
 
 

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from datprl_edge.core.errors import ConfigError
+from datprl_edge.models.context import check_context
 from datprl_edge.models.folded_prompt import FoldedFiLM, FoldedPromptPool, assign, conv1x1_matrix
 from datprl_edge.models.registry import register_arch
-from datprl_edge.models.context import check_context
 from datprl_edge.models.student import (
     EdgeDATPRL,
     _check_options,

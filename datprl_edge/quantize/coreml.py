@@ -13,12 +13,24 @@ top-level forward (input checks and padding branch on tensor shapes). So it quan
 traceable pieces that the forward calls: each encoder/decoder/middle block, down/up sampler and
 the intro/ending convs (a whole folded plain-conv model when that traces). The joins between
 pieces (skip additions, global residual) and the prompt path stay float (FP16 in Core ML).
+
+A model with a context is prepared with its three inputs: the top-level forward (mappers, routing,
+context arithmetic) stays eager and float. A block takes the forward pass's `Context` object (or
+None) as its `ctx` argument, which fx cannot hold as a value: each block is traced through
+`_fx_block_class`, where its context entry becomes one `_pool_or_own` call (the given context mixed
+in at run time, or the block's own mean without one); models prepared without a context trace
+their blocks without it, as before the context existed.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 
+import torch.fx
+
+from datprl_edge.models.context import context_layout
+from datprl_edge.quantize.feed import call_with_context, example_context_size, mark
 from datprl_edge.quantize.scope import PROMPT_PATH, film_modules, prompt_path_modules
 
 TARGET = "coreml"
@@ -59,6 +71,13 @@ def prepare(model, example_inputs, float_layers=(), calib=None):
     from coremltools.optimize.torch.quantization import LinearQuantizer
 
     q = copy.deepcopy(model).eval()
+    with_context = bool(example_context_size(example_inputs))
+    if with_context:
+        # the student finds its block entries by the block type, which traced blocks no longer have
+        q.context_layout = _FixedLayout(context_layout(q))
+    for mod in q.modules():
+        if "ctx" in inspect.signature(type(mod).forward).parameters:
+            mod.__class__ = _fx_block_class(type(mod), with_context)
     calls = _record_calls(q, example_inputs)
     quantizers = {}
     for unit in _units(q, calls):
@@ -73,11 +92,55 @@ def prepare(model, example_inputs, float_layers=(), calib=None):
         prepared.eval()
         if not unit:
             prepared.__dict__[QUANTIZERS_ATTR] = {"": quantizer}
-            return prepared
+            return mark(prepared, example_inputs)
         _set(q, unit, prepared)
         quantizers[unit] = quantizer
     q.__dict__[QUANTIZERS_ATTR] = quantizers
-    return q
+    return mark(q, example_inputs)
+
+
+@torch.fx.wrap
+def _pool_or_own(ctx, key, own):
+    """A block's context entry: through the forward pass's Context, or the block's own value without one."""
+    return own if ctx is None else ctx.pool(key, own)
+
+
+class _TracedContext:
+    """Stands in for a block's `ctx` while fx traces it: `pool` records one `_pool_or_own` call."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    def pool(self, key, own):
+        return _pool_or_own(self.ctx, key, own)
+
+
+class _FixedLayout:
+    """The context layout of the model before its blocks were traced (stands in for its method)."""
+
+    def __init__(self, layout):
+        self.layout = [(str(name), int(size)) for name, size in layout]
+
+    def __call__(self):
+        return list(self.layout)
+
+
+_BLOCK_CLASSES: dict = {}
+
+
+def _fx_block_class(cls, with_context: bool):
+    """`cls` whose forward fx can trace: `ctx` goes through `_TracedContext` (with a context) or is
+    left out of the graph (without one). Same parameters and buffers, so the same state keys."""
+    cls = getattr(cls, "_datprl_block_base", cls)
+    if (cls, with_context) not in _BLOCK_CLASSES:
+        base_forward = cls.forward
+
+        def forward(self, x, prompt=None, ctx=None):
+            return base_forward(self, x, prompt, _TracedContext(ctx) if with_context else None)
+
+        _BLOCK_CLASSES[(cls, with_context)] = type(cls.__name__, (cls,), {
+            "forward": forward, "_datprl_block_base": cls, "__module__": cls.__module__})
+    return _BLOCK_CLASSES[(cls, with_context)]
 
 
 def convert(prepared):
@@ -114,7 +177,10 @@ def _record_calls(model, example_inputs) -> dict:
              for name, mod in model.named_modules() if name]
     try:
         with torch.no_grad():
-            model(*example_inputs)
+            if example_context_size(example_inputs):
+                call_with_context(model, *example_inputs)
+            else:
+                model(*example_inputs)
     finally:
         for h in hooks:
             h.remove()

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from datprl_edge.core.errors import ConfigError
 from datprl_edge.core.metrics import batch_psnr, mean_psnr
 from datprl_edge.io.atomic import atomic_path
+from datprl_edge.quantize.feed import run_image
 from datprl_edge.quantize.scope import frozen_observers, set_observers
 
 STATE_FILE = "qat_state.pt"
@@ -112,12 +113,13 @@ def calibration_batches(pairs: list[Pair], count: int, batch: int, crop: int, se
 
 
 def run_padded(module, x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Run on x padded (replicate) to a multiple of `multiple`, crop back (PT2E programs need it)."""
+    """Run on x padded (replicate) to a multiple of `multiple`, crop back (PT2E programs need it); the
+    image output only (`feed.run_image`)."""
     h, w = x.shape[2], x.shape[3]
     ph, pw = (-h) % multiple, (-w) % multiple
     if ph or pw:
         x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-    return module(x)[:, :, :h, :w]
+    return run_image(module, x)[:, :, :h, :w]
 
 
 @torch.no_grad()
@@ -164,8 +166,8 @@ def train(prepared, ref_model, pairs, cfg, *, log=None, state_dir=None, frozen=(
         set_observers(prepared, step < freeze_at)
         lq, gt = random_batch(pairs, cfg.batch_size, cfg.crop, gen)
         with torch.no_grad():
-            target = ref_model(lq)
-        out = prepared(lq)
+            target = run_image(ref_model, lq)
+        out = run_image(prepared, lq)
         loss = F.l1_loss(out, target)
         if use_gt:
             loss = loss + cfg.gt_weight * F.l1_loss(out, gt)

@@ -43,6 +43,7 @@ import warnings
 
 from datprl_edge.core.errors import ConfigError
 from datprl_edge.models.student_blocks import fold_layer_scales, split_gates
+from datprl_edge.quantize.feed import mark
 from datprl_edge.quantize.scope import PROMPT_PATH, prompt_path_modules
 
 TARGET = "onnx"
@@ -85,6 +86,7 @@ def quantizer(float_layers=(), model=None):
     from torchao.testing.pt2e._xnnpack_quantizer import XNNPACKQuantizer
 
     scopes = tuple(prompt_path_modules(model)) if model is not None else ()
+    float_layers = tuple(float_layers) + context_float_layers(model)
     config = quantization_config()
     marker = FloatScopeMarker(scopes, tuple(float_layers), prompt_weight_qspec=config.weight)
     with warnings.catch_warnings():  # "XNNPACKQuantizer is deprecated!": see the module docstring
@@ -95,6 +97,20 @@ def quantizer(float_layers=(), model=None):
         # the conv+BN QAT patterns cost seconds of pattern tracing and match nothing without BN
         xnnpack.STATIC_QAT_ONLY_OPS = []
     return ComposableQuantizer([marker, SharedRangePass(), xnnpack, FloatEdgePass(marker)])
+
+
+def context_float_layers(model) -> tuple:
+    """With a context, each block's channel-attention conv reads the mixed (B, C) context entry
+    reshaped to (B, C, 1, 1): it stays float (weights too), because OpenVINO's CPU plugin fails to
+    compile that reshape feeding an int8-weight 1x1 conv (ConvertWeightCompressedConv1x1ToMatmul)
+    when the QDQ ONNX is converted. A few hundred weights; no effect on speed."""
+    from datprl_edge.models.context import supports_context
+    from datprl_edge.models.student_blocks import EdgeBlock
+
+    if model is None or not supports_context(model):
+        return ()
+    return tuple(f"{name}.sca" for name, mod in model.named_modules()
+                 if isinstance(mod, EdgeBlock) and mod.sca is not None)
 
 
 def quantization_config():
@@ -134,11 +150,16 @@ def prepare(model, example_inputs, float_layers=(), calib=None):
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     gm = export_graph(model, example_inputs)
-    return allow_train_eval(prepare_qat_pt2e(gm, quantizer(float_layers, model)))
+    return mark(allow_train_eval(prepare_qat_pt2e(gm, quantizer(float_layers, model))), example_inputs)
 
 
 def export_graph(model, example_inputs):
-    """`torch.export` of an eval-mode copy with dynamic batch, height and width."""
+    """`torch.export` of an eval-mode copy with dynamic batch, height and width. Three example inputs
+    (image, context, context_mix): the program takes them positionally and returns (restored, own
+    context); the context arithmetic works on (B, K) vectors, which the scheme keeps float like the
+    rest of the prompt path."""
+    import types
+
     import torch
     from torch.export import Dim
 
@@ -148,9 +169,16 @@ def export_graph(model, example_inputs):
     model = copy.deepcopy(model).eval()
     fold_layer_scales(model)  # exact rewrites, see the module docstring
     split_gates(model)
-    dims = {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}
+    dims = [{0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}]
+    if len(example_inputs) == 3:
+        # positional (image, context, context_mix); the student's second positional input is an override
+        def forward(self, x, context, context_mix):
+            return type(self).forward(self, x, context=context, context_mix=context_mix)
+
+        model.forward = types.MethodType(forward, model)
+        dims += [{0: Dim.AUTO}, {0: Dim.AUTO}]
     with torch.no_grad():
-        ep = torch.export.export(model, tuple(example_inputs), dynamic_shapes=({**dims},))
+        ep = torch.export.export(model, tuple(example_inputs), dynamic_shapes=tuple(dims))
     return ep.module()
 
 
@@ -158,7 +186,7 @@ def convert(prepared):
     """The converted program (int8 weights folded, quantize/dequantize ops); `prepared` is kept."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-    return allow_train_eval(convert_pt2e(copy.deepcopy(prepared)))
+    return allow_train_eval(convert_pt2e(copy.deepcopy(prepared)))  # takes the context as `prepared` does
 
 
 def allow_train_eval(gm):

@@ -17,6 +17,13 @@ path NNCF documents for training.
 NNCF compiles a small C++ extension on first use (cached under ~/.cache/torch_extensions; about a
 minute on two cores; without a compiler it falls back to plain torch ops). The load timeout is
 lifted so a slow first build does not fail.
+
+A model with a context is quantized with its three inputs (image, context, context_mix, passed to
+NNCF as keywords). The context arithmetic (`models.context.Context`) and the mappers' global
+means are hidden from NNCF's tracer like the rest of the prompt path, and the mapper projections
+that the top-level forward then calls itself are an ignored scope: no quantizer touches a (B, K)
+context vector. The dense routing weights (`Routing.dense`) stay traced: NNCF's patcher cannot
+patch a NamedTuple's method, and a scatter gets no quantizer.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from __future__ import annotations
 import copy
 import os
 
-from datprl_edge.quantize.scope import PROMPT_PATH
+from datprl_edge.quantize.feed import example_context_size, mark
+from datprl_edge.quantize.scope import PROMPT_PATH, prompt_path_modules
 
 TARGET = "openvino"
 STACK = "NNCF QAT (nncf.quantize on the torch module, then fine-tuning)"
@@ -68,12 +76,13 @@ def _untrace_prompt_path() -> None:
     from nncf.torch import disable_tracing
 
     from datprl_edge.models import registry
+    from datprl_edge.models.context import Context
     from datprl_edge.models.prompt_pool import PromptPool
     from datprl_edge.models.student_blocks import GatedFiLM, QueryMapper
 
     registry.list_archs()  # imports every model module, so that subclasses (folded pools) exist
-    methods = {QueryMapper: ("forward",), PromptPool: ("route", "compose", "compose_dense"),
-               GatedFiLM: ("terms",)}
+    methods = {QueryMapper: ("forward", "pooled"), PromptPool: ("route", "compose", "compose_dense"),
+               GatedFiLM: ("terms",), Context: ("pool", "output")}
     for base, names in methods.items():
         for cls in _with_subclasses(base):
             for name in names:
@@ -95,17 +104,56 @@ def prepare(model, example_inputs, float_layers=(), calib=None):
 
     nncf = _nncf()
     model = copy.deepcopy(model).eval()
-    data = list(calib) if calib is not None else [example_inputs[0]]
-    ignored = nncf.IgnoredScope(names=nncf_node_names(model, example_inputs[0], float_layers))
+    images = calib if calib is not None else [example_inputs[0]]
+    data = [nncf_input(model, x, example_inputs) for x in images]
+    example = nncf_input(model, example_inputs[0], example_inputs)
+    names = nncf_node_names(model, example, float_layers)
+    if example_context_size(example_inputs):
+        names += nncf_node_names(model, example, traced_prompt_layers(model, example))
+    ignored = nncf.IgnoredScope(names=names)
     with torch.no_grad():
         q = nncf.quantize(model, nncf.Dataset(data), subset_size=len(data),
                           preset=nncf.QuantizationPreset.PERFORMANCE, target_device=nncf.TargetDevice.CPU,
                           ignored_scope=ignored)
-    return q.eval()
+    return mark(q.eval(), example_inputs)
+
+
+def nncf_input(model, image, example_inputs):
+    """What NNCF calls `model` with: the image, or keywords with a zero context of the example's width."""
+    k = example_context_size(example_inputs)
+    if not k:
+        return image
+    zeros = image.new_zeros(image.shape[0], k)
+    return {_image_argument(model): image, "context": zeros, "context_mix": zeros}
+
+
+def _image_argument(model) -> str:
+    import inspect
+
+    return next(iter(inspect.signature(model.forward).parameters))
+
+
+def traced_prompt_layers(model, example) -> list[str]:
+    """Prompt-path conv / linear layers whose weights NNCF's tracer sees (the mapper projections the
+    context path calls from the top-level forward)."""
+    _nncf()
+    from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import build_nncf_graph
+    from torch import nn
+
+    graph = build_nncf_graph(model, example)
+    known = {n.node_name for n in graph.get_all_nodes()}
+    out = []
+    for scope in prompt_path_modules(model):
+        for name, mod in model.get_submodule(scope).named_modules():
+            full = f"{scope}.{name}" if name else scope
+            if isinstance(mod, (nn.Conv2d, nn.Linear)) and f"{full}.weight" in known:
+                out.append(full)
+    return out
 
 
 def nncf_node_names(model, example, layers) -> list[str]:
-    """NNCF graph names of the ops that use each layer's weight (found through the weight node)."""
+    """NNCF graph names of the ops that use each layer's weight (found through the weight node).
+    `example`: the image, or the keywords of `nncf_input`."""
     if not layers:
         return []
     _nncf()
@@ -134,4 +182,5 @@ def rebuild(model, example_inputs, float_layers=(), backend_state=None):
     nncf = _nncf()
     if not backend_state or "nncf_config" not in backend_state:
         return prepare(model, example_inputs, float_layers)
-    return nncf.torch.load_from_config(copy.deepcopy(model).eval(), backend_state["nncf_config"]).eval()
+    model = copy.deepcopy(model).eval()
+    return mark(nncf.torch.load_from_config(model, backend_state["nncf_config"]).eval(), example_inputs)

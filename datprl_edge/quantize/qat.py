@@ -21,6 +21,7 @@ from datprl_edge.core.targets import target_names
 
 TARGETS = target_names()
 QUANTIZED_ARCH = "QuantizedModel"
+_LAYOUT_ATTR = "_datprl_context_layout"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,7 @@ class QATConfig:
     seed: int = 0
     checkpoint_every: int = 0  # with run_qat(state_dir=...): atomic resumable state every N steps
     example_size: int = 64
+    context: bool = True  # a model with a context (models.context): the INT8 program takes it too
 
     def __post_init__(self):
         if self.target not in TARGETS:
@@ -56,6 +58,8 @@ class QATConfig:
         if self.crop % 8 or self.example_size % 8:
             raise ConfigError(f"crop ({self.crop}) and example_size ({self.example_size}) must be "
                               "multiples of 8")
+        if not isinstance(self.context, bool):
+            raise ConfigError(f"QAT context must be true or false, got {self.context!r}")
         for name in ("lr", "gt_weight", "freeze_observers_at"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
@@ -90,6 +94,8 @@ class QATResult:
     example_shape: tuple
     metrics: dict = dataclasses.field(default_factory=dict)
     source: str = ""
+    # [[name, size], ...] of the context the INT8 program takes next to the image ([]: image only)
+    context_layout: list = dataclasses.field(default_factory=list)
 
     @property
     def scheme(self) -> dict:
@@ -100,8 +106,17 @@ class QATResult:
         return self.config.steps
 
     def converted(self):
-        """What the target's INT8 exporter takes (see the target's SCHEME["export"])."""
-        return quant_module(self.target).convert(self.prepared)
+        """What the target's INT8 exporter takes (see the target's SCHEME["export"]). With a
+        `context_layout`, it is called as (image, context, context_mix) and returns (restored,
+        context_out), like the float student with a context."""
+        import torch
+
+        from datprl_edge.quantize.feed import ContextCall
+
+        program = quant_module(self.target).convert(self.prepared)
+        if self.context_layout and not isinstance(program, torch.fx.GraphModule):
+            program = ContextCall(program).eval()
+        return program
 
 
 def quant_module(target: str):
@@ -122,6 +137,7 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
     other pairs to keep the reported numbers unbiased). `state_dir`: resumable training state.
     `log(message)` receives progress lines.
     """
+    from datprl_edge.models.context import context_layout
     from datprl_edge.models.registry import model_config
     from datprl_edge.quantize.loop import as_pairs, calibration_batches, drops, evaluate, train
     from datprl_edge.quantize.scope import calibrate, check_float_layers, example_inputs, prompt_path_modules
@@ -139,7 +155,8 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
     pairs = as_pairs(calib, channels)
     train_pairs, val = _split_validation(pairs, val, config, multiple)
     float_layers = check_float_layers(base, config.float_layers)
-    example = example_inputs(base, config.example_size)
+    layout = [[name, int(size)] for name, size in context_layout(base)] if config.context else []
+    example = example_inputs(base, config.example_size, with_context=bool(layout))
     batches = calibration_batches(train_pairs, config.calib_batches, config.batch_size, config.crop,
                                   config.seed)
     ref = base if teacher is None else (copy.deepcopy(teacher).eval() if teacher.training else teacher)
@@ -188,7 +205,7 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
         _check_budget(config, sensitivity, metrics)
     how = "PTQ" if config.steps == 0 else f"QAT {config.steps} steps"
     return QATResult(prepared, config.target, config, tuple(float_layers), arch, options,
-                     tuple(example[0].shape), metrics, source=how)
+                     tuple(example[0].shape), metrics, source=how, context_layout=layout)
 
 
 def _check_budget(config: QATConfig, sensitivity: dict, metrics: dict) -> None:
@@ -218,7 +235,7 @@ def fp32_outputs(base, val: dict, multiple: int) -> dict:
 
     from datprl_edge.quantize.loop import run_padded
 
-    with torch.no_grad():
+    with torch.no_grad():  # run_padded goes through feed.run_image
         return {t: (lq, run_padded(base, lq, multiple).clamp(0, 1)) for t, (lq, _gt) in val.items()}
 
 
@@ -272,10 +289,13 @@ def save_qat(result: QATResult, path, provenance: dict | None = None) -> Path:
     options = {"base_arch": result.base_arch, "base_options": result.base_options, "target": result.target,
                "float_layers": list(result.float_layers), "example_shape": list(result.example_shape),
                "backend_state": qm.backend_state(result.prepared)}
+    if result.context_layout:  # absent in checkpoints made before the context (image-only programs)
+        options["with_context"] = True
     extra = {"target": result.target, "scheme": qm.SCHEME, "example_shape": list(result.example_shape),
              "float_layers": list(result.float_layers), "base_arch": result.base_arch,
              "base_options": result.base_options, "steps": result.config.steps, "metrics": result.metrics,
-             "qat_config": _jsonable(dataclasses.asdict(result.config)), "source": result.source}
+             "qat_config": _jsonable(dataclasses.asdict(result.config)), "source": result.source,
+             "context_layout": [list(e) for e in result.context_layout]}
     cfg = CheckpointConfig(QUANTIZED_ARCH, options, stage="qat", provenance=dict(provenance or {}),
                            extra=extra)
     return save_checkpoint(path, result.prepared.state_dict(), cfg)
@@ -304,30 +324,40 @@ def load_qat(path) -> QATResult:
     load_state_strict(prepared, state, source=path)
     qc = extra.get("qat_config", {})
     known = {f.name for f in dataclasses.fields(QATConfig)}
+    qc = {**qc, "context": bool(cfg.options.get("with_context", False))}
     config = QATConfig(**{k: (tuple(v) if k == "float_layers" else v) for k, v in qc.items() if k in known})
     prepared.datprl_checkpoint = cfg
     return QATResult(prepared, cfg.options["target"], config, tuple(cfg.options["float_layers"]),
                      cfg.options["base_arch"], dict(cfg.options["base_options"]),
                      tuple(cfg.options["example_shape"]), extra.get("metrics", {}),
-                     source=f"{Path(path).name} ({extra.get('source', 'QAT')})")
+                     source=f"{Path(path).name} ({extra.get('source', 'QAT')})",
+                     context_layout=list(prepared.__dict__.pop(_LAYOUT_ATTR, [])))
 
 
 def build_quantized(base_arch, base_options, target, float_layers=(), example_shape=(2, 3, 64, 64),
-                    backend_state=None):
-    """The prepared module of a saved QAT result, with a freshly built base (weights come after)."""
+                    backend_state=None, with_context=False):
+    """The prepared module of a saved QAT result, with a freshly built base (weights come after).
+    `with_context`: the program takes the base model's context (absent in older checkpoints)."""
     import torch
 
+    from datprl_edge.models.context import context_layout
     from datprl_edge.models.registry import create_model
+    from datprl_edge.quantize.feed import example_with_context, run_image
     from datprl_edge.quantize.scope import set_observers
 
     base = create_model(base_arch, **base_options)
-    example = (torch.rand(*example_shape, generator=torch.Generator().manual_seed(0)),)
+    layout = [[name, int(size)] for name, size in context_layout(base)] if with_context else []
+    if with_context and not layout:
+        raise CheckpointError(f"this QAT checkpoint takes a context, but {base_arch} has none")
+    image = torch.rand(*example_shape, generator=torch.Generator().manual_seed(0))
+    example = example_with_context(image, sum(n for _, n in layout))
     prepared = quant_module(target).rebuild(base, example, tuple(float_layers), backend_state)
     # one observed forward gives the range buffers their saved shapes (per-channel sizes)
     set_observers(prepared, True)
     with torch.no_grad():
-        prepared(*example)
+        run_image(prepared, image)
     set_observers(prepared, False)
+    prepared.__dict__[_LAYOUT_ATTR] = layout  # taken by load_qat
     return prepared
 
 

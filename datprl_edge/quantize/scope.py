@@ -73,9 +73,14 @@ def check_float_layers(model, float_layers) -> tuple[str, ...]:
     return tuple(n for n in layers if n in set(wanted))
 
 
-def example_inputs(model, size: int = EXAMPLE_SIZE, batch: int = EXAMPLE_BATCH):
-    """A fixed example batch (B, C, size, size) for tracing/exporting `model`."""
+def example_inputs(model, size: int = EXAMPLE_SIZE, batch: int = EXAMPLE_BATCH, *,
+                   with_context: bool = False):
+    """A fixed example batch (B, C, size, size) for tracing/exporting `model`; `with_context` and a
+    model with a context (`models.context`): (batch, zero context (B, K), zero mix (B, K))."""
     import torch
+
+    from datprl_edge.models.context import context_size
+    from datprl_edge.quantize.feed import example_with_context
 
     channels = int(getattr(model, "img_channel", 3))
     multiple = int(getattr(model, "pad_multiple", 8))
@@ -83,7 +88,8 @@ def example_inputs(model, size: int = EXAMPLE_SIZE, batch: int = EXAMPLE_BATCH):
         raise ConfigError(f"example size {size} must be a multiple of the pad multiple {multiple} "
                           f"and at least {2 * multiple}")
     gen = torch.Generator().manual_seed(0)
-    return (torch.rand(batch, channels, size, size, generator=gen),)
+    image = torch.rand(batch, channels, size, size, generator=gen)
+    return example_with_context(image, context_size(model) if with_context else 0)
 
 
 def fake_quant_modules(prepared) -> list:
@@ -125,6 +131,8 @@ def calibrate(prepared, batches, ranges: str = "mean") -> int:
     """
     import torch
 
+    from datprl_edge.quantize.feed import run_image
+
     if ranges not in CALIBRATION_RANGES:
         raise ConfigError(f"calibration ranges must be one of {CALIBRATION_RANGES}, got {ranges!r}")
     mods = [m for m in fake_quant_modules(prepared)
@@ -140,7 +148,7 @@ def calibrate(prepared, batches, ranges: str = "mean") -> int:
             for k, x in enumerate(batches):
                 for o in observers:
                     o.averaging_constant = 1.0 if ranges == "extremes" else 1.0 / (k + 1)
-                prepared(x)
+                run_image(prepared, x)
                 count += 1
                 if ranges == "extremes":
                     for i, o in enumerate(observers):

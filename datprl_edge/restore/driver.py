@@ -7,8 +7,10 @@ runs them: each file is read, cut into overlapping tiles (`tiling.tile_apply`, b
 and written atomically in its own format and bit depth. A failing file is reported and skipped;
 nothing partial is written, and no input is ever overwritten.
 
-Automatic prompt routing looks at the whole model input, so when an image is tiled each tile is
-routed on its own; force a task (or use a model folded for one) for tile-independent prompts.
+Models with a context (edge students and their artifacts) are tiled seam-free: one pass over the
+tiles gathers the image's statistics (routing queries, channel-attention means), and every tile is
+then restored with them (`restore.context.seamless_tiles`). Other models (teachers) route and
+normalise each tile on its own.
 """
 
 from __future__ import annotations
@@ -44,9 +46,20 @@ class Runner:
     overlap: int | None = None
     max_tile: int | None = None  # largest tile a static artifact takes; None: any size
     tasks: tuple = ()  # the task(s) the prompts are fixed to; () = automatic routing
+    # models with a context (models.context): (x, context, mix) -> (restored, own context), the
+    # context layout [(name, size)], and the base (context, mix) of the routing request
+    context_fn: Callable | None = None
+    context_layout: tuple = ()
+    context: tuple | None = None
+    routing: str = "auto"  # what decides the prompts, for reports: auto, or the request
 
     def __call__(self, nchw: np.ndarray) -> np.ndarray:
         return self.fn(nchw)
+
+    @property
+    def seamless(self) -> bool:
+        """True when tiles can share one context (seam-free tiling)."""
+        return self.context_fn is not None and bool(self.context_layout)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +71,15 @@ class RestoreOptions:
     overlap: int | None = None
     window: str = "full"  # DICOM intensity window: full, file or CENTER,WIDTH (other images ignore it)
     overwrite: bool = False
+    # seam-free tiling (models with a context): longest side of the image the statistics come from
+    # (None: the default, 1024); 0: every tile on its own statistics
+    stats_size: int | None = None
 
     def __post_init__(self):
+        p = self.stats_size
+        bad = isinstance(p, bool) or not isinstance(p, int) or not (p == 0 or 16 <= p <= 16384)
+        if p is not None and bad:
+            raise ConfigError(f"--stats-size must be 0 or a number of pixels from 16 to 16384, got {p!r}")
         for name in ("tile", "overlap"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
@@ -244,7 +264,7 @@ def restore_file(runner: Runner, job: RestoreJob, options: RestoreOptions = Rest
     array, info = _read(job, options.window)
     shape = tuple(array.shape)
     tile, overlap = tile_geometry(runner, options, shape[:2])
-    restored = restore_array(runner, array, tile, overlap, progress=progress)
+    restored = restore_array(runner, array, tile, overlap, progress=progress, stats_size=options.stats_size)
     del array  # large images: the input need not live while the output is written
     _write(job, restored, info, runner.name, options.overwrite, series_uids)
     tiles = plan_tiles(shape[0], shape[1], tile, overlap, max(1, int(runner.pad_multiple))).count
@@ -287,8 +307,11 @@ def check_geometry(runner: Runner, options: RestoreOptions) -> None:
         plan_tiles(4 * tile, 4 * tile, tile, overlap, max(1, int(runner.pad_multiple)))
 
 
-def restore_array(runner: Runner, image: np.ndarray, tile: int, overlap: int, *, progress=None) -> np.ndarray:
-    """(H, W, C) float32 in [0, 1] (C 1 or 3) -> restored (H, W, C) float32 in [0, 1], tiled."""
+def restore_array(runner: Runner, image: np.ndarray, tile: int, overlap: int, *, progress=None,
+                  stats_size: int | None = None) -> np.ndarray:
+    """(H, W, C) float32 in [0, 1] (C 1 or 3) -> restored (H, W, C) float32 in [0, 1], tiled; seam-free
+    where the runner has a context, with statistics from the image downscaled to `stats_size` (None:
+    the default; 0: each tile its own)."""
     channels = image.shape[2]
     if channels not in (1, 3):
         raise ConfigError(f"restore takes (H, W, 1) or (H, W, 3) images, got shape {image.shape}")
@@ -298,7 +321,24 @@ def restore_array(runner: Runner, image: np.ndarray, tile: int, overlap: int, *,
         return _to_channels(np.asarray(y, dtype=np.float32), channels)
 
     nchw = image.transpose(2, 0, 1)[None]
-    out = tile_apply(fn, nchw, tile, overlap, max(1, int(runner.pad_multiple)), progress=progress)
+    multiple = max(1, int(runner.pad_multiple))
+    if runner.seamless and stats_size != 0 \
+            and plan_tiles(nchw.shape[2], nchw.shape[3], tile, overlap, multiple).count > 1:
+        from datprl_edge.restore.context import DEFAULT_STATS_SIZE, seamless_tiles
+
+        size = DEFAULT_STATS_SIZE if stats_size is None else stats_size
+        if runner.max_tile is not None:
+            size = min(size, runner.max_tile)
+
+        def context_fn(x, ctx, mix):
+            y, own = runner.context_fn(_to_channels(x, runner.channels), ctx, mix)
+            return _to_channels(np.asarray(y, dtype=np.float32), channels), own
+
+        given, mix = runner.context
+        out = seamless_tiles(context_fn, nchw, tile, overlap, multiple, runner.context_layout, given, mix,
+                             stats_size=size, progress=progress)
+    else:
+        out = tile_apply(fn, nchw, tile, overlap, multiple, progress=progress)
     if not np.isfinite(out).all():
         from datprl_edge.core.errors import NonFiniteInputError
 

@@ -1,13 +1,16 @@
 """MODEL -> `restore.Runner`: exported artifacts through their runtime (no torch), checkpoints
-through torch (imported only here, only for checkpoints), with `--task` resolved for each.
+through torch (imported only here, only for checkpoints), with `--task`, `--domain` and `--blend`
+resolved for each.
 
-`--task ID` forces a task's prompts. An artifact folded for fixed task(s) (metadata `tasks`)
-accepts only those; one exported with automatic routing ("auto") cannot force a task. A torch
-student forces the prompt-pool entries of the task through `PromptOverride` when its checkpoint
-says which entries belong to which task: `extra["task_prompts"]` ({task id: [domain index, task
-index]}), or a training run with explicit prompts (`extra["train_config"]["prompt_mode"] ==
-"explicit"`, the catalogue indices the training used). Adaptive-prompt training ties no pool
-entry to a task, so there `--task` is refused.
+Models with a context (edge students, their artifacts: `models.context`) force or blend prompts
+through the routing entries of the context, in one forward pass: `--task ID` puts that task's pool
+weights there, `--domain NAME` the domain's, `--blend B` mixes them with the model's own routing.
+The weights come from the task routing table (`fold.routing`: the pool weights a static fold of the
+task bakes in): computed on the task's calibration images for an adaptive torch student, read from
+the metadata of an artifact, or one-hot from a checkpoint that records which pool entries belong to
+which task (`extra["task_prompts"]`, or a training run with explicit prompts).
+An artifact or checkpoint folded for fixed task(s) (metadata `tasks`) accepts only those. Teachers
+force a task only where the checkpoint records its pool entries (`PromptOverride`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from datprl_edge.core.errors import ConfigError, MissingBackendError, UnknownChoiceError
+from datprl_edge.restore.context import RoutingRequest, base_context
 from datprl_edge.restore.driver import Runner, _to_channels
 from datprl_edge.sources import BUNDLED_PREFIX, is_artifact
 
@@ -26,14 +30,30 @@ _PAD_MULTIPLE = 8  # for models that do not pad their input themselves
 __all__ = ["open_runner", "load_runner", "artifact_runner", "torch_runner", "module_runner", "is_artifact"]
 
 
-def open_runner(model, *, network=None, task: str = AUTO) -> Runner:
+def open_runner(model, *, network=None, task: str = AUTO, domain: str | None = None,
+                blend: float | None = None) -> Runner:
     """A Runner for a checkpoint (.safetensors, .pth with `network`, bundled:NAME) or an artifact."""
     task = _check_task_text(task)
+    routing = dict(domain=domain, blend=blend)
     if is_artifact(model):
         if network:
             raise ConfigError("--network applies to .pth checkpoints, not to exported artifacts")
-        return artifact_runner(model, task=task)
-    return torch_runner(model, network=network, task=task)
+        return artifact_runner(model, task=task, **routing)
+    return torch_runner(model, network=network, task=task, **routing)
+
+
+def routing_request(task: str, domain, blend, fixed) -> RoutingRequest | None:
+    """The request a runner applies, or None: a task the model is folded for needs none."""
+    if blend is not None and task == AUTO and domain is None:
+        raise ConfigError("--blend mixes the prompts of --task or --domain with the model's own; give one")
+    forced_task = None if task == AUTO or task in fixed else task
+    if domain is not None:
+        from datprl_edge.data.tasks import DOMAINS
+
+        if domain not in DOMAINS:
+            raise UnknownChoiceError("domain", domain, DOMAINS)
+    request = RoutingRequest(domain=domain, task=forced_task, blend=1.0 if blend is None else blend)
+    return request if request.active else None
 
 
 def load_runner(model, network=None):
@@ -49,8 +69,10 @@ def load_runner(model, network=None):
 
 # -- exported artifacts ---------------------------------------------------------------------------
 
-def artifact_runner(path, *, task: str = AUTO, **session_options) -> Runner:
+def artifact_runner(path, *, task: str = AUTO, domain: str | None = None, blend: float | None = None,
+                    **session_options) -> Runner:
     """Runner over an exported artifact's runtime session (numpy + the runtime only)."""
+    from datprl_edge.fold.routing import parse_routing_table
     from datprl_edge.sources import open_model
 
     path = Path(path)
@@ -58,6 +80,16 @@ def artifact_runner(path, *, task: str = AUTO, **session_options) -> Runner:
     meta = session.metadata
     fixed = _task_list(meta.get("tasks", AUTO))
     _check_fixed(task, fixed, f"{path.name} is folded for")
+    request = routing_request(task, domain, blend, fixed)
+    layout = tuple(getattr(session, "context_layout", ()) or ())
+    if request is not None and not layout:
+        raise ConfigError(f"{path.name} has no routing input (exported before it existed, or from a "
+                          "teacher); re-export it with this version to use --task/--domain/--blend")
+    if request is not None:
+        given, mix = base_context(layout, request, parse_routing_table(meta.get("routing_table")))
+    else:
+        given, mix = base_context(layout, None, {})
+    task = AUTO if request is not None else task
     if task != AUTO and not fixed:
         raise ConfigError(f"{path.name} was exported with automatic prompt routing (tasks: auto), so it "
                           f"cannot force {task!r}; use --task auto, or export a model folded for the task "
@@ -65,20 +97,46 @@ def artifact_runner(path, *, task: str = AUTO, **session_options) -> Runner:
     sizes = _fixed_sizes(session)
     max_tile = max(min(h, w) for h, w in sizes) if sizes else None
 
-    def fn(nchw: np.ndarray) -> np.ndarray:
+    def fitted(nchw: np.ndarray, run):
         if not sizes:
-            return session.run(nchw)
+            return run(nchw)
         h, w = nchw.shape[2:]
         fit = [s for s in sizes if s[0] >= h and s[1] >= w]
         if not fit:
             raise ConfigError(f"{path.name} takes the sizes {_sizes_text(sizes)}; a {h}x{w} tile fits none")
         th, tw = min(fit, key=lambda s: s[0] * s[1])
         padded = np.pad(nchw, ((0, 0), (0, 0), (0, th - h), (0, tw - w)), mode="symmetric")
-        return session.run(np.ascontiguousarray(padded))[:, :, :h, :w]
+        out = run(np.ascontiguousarray(padded))
+        return (out[0][:, :, :h, :w], out[1]) if isinstance(out, tuple) else out[:, :, :h, :w]
+
+    def context_fn(nchw, ctx, mix):
+        n = nchw.shape[0]
+        return fitted(nchw, lambda x: session.run_with_context(x, np.repeat(ctx, n, 0), np.repeat(mix, n, 0)))
+
+    def fn(nchw: np.ndarray) -> np.ndarray:
+        if request is not None:
+            return context_fn(nchw, given, mix)[0]
+        return fitted(nchw, session.run)
 
     return Runner(fn, path.name, channels=session.channels, pad_multiple=session.pad_multiple,
                   tile=_int_or_none(meta.get("tile_size")), overlap=_int_or_none(meta.get("tile_overlap")),
-                  max_tile=max_tile, tasks=tuple(fixed))
+                  max_tile=max_tile, tasks=_runner_tasks(fixed, request),
+                  context_fn=context_fn if layout else None, context_layout=layout, context=(given, mix),
+                  routing=_routing_label(request))
+
+
+def _runner_tasks(fixed, request) -> tuple:
+    """The task(s) the prompts are fixed to: a fold's, or a task forced with blend 1."""
+    if request is not None and request.task and request.blend == 1.0:
+        return (request.task,)
+    return tuple(fixed)
+
+
+def _routing_label(request) -> str:
+    if request is None:
+        return AUTO
+    what = f"task {request.task}" if request.task else f"domain {request.domain}"
+    return what if request.blend == 1.0 else f"{what}, blend {request.blend:g}"
 
 
 def _fixed_sizes(session) -> list:
@@ -101,7 +159,8 @@ def _int_or_none(text):
 
 # -- torch checkpoints ----------------------------------------------------------------------------
 
-def torch_runner(model, *, network=None, task: str = AUTO) -> Runner:
+def torch_runner(model, *, network=None, task: str = AUTO, domain: str | None = None,
+                 blend: float | None = None) -> Runner:
     """Runner over a toolkit checkpoint, a released .pth (with `network`) or bundled:NAME."""
     try:
         import torch  # noqa: F401  (checkpoints only: artifacts run without it)
@@ -111,28 +170,33 @@ def torch_runner(model, *, network=None, task: str = AUTO) -> Runner:
     from datprl_edge.sources import resolve_model
 
     net = resolve_model(model, network=network)
-    return module_runner(net, _model_name(net, model), task=task)
+    return module_runner(net, _model_name(net, model), task=task, domain=domain, blend=blend)
 
 
-def module_runner(net, name: str, *, task: str = AUTO) -> Runner:
+def module_runner(net, name: str, *, task: str = AUTO, domain: str | None = None,
+                  blend: float | None = None) -> Runner:
     """Runner over an in-memory torch module (never modified)."""
+    from datprl_edge.models.context import context_layout
+
+    task = _check_task_text(task)
+    layout = tuple(context_layout(net))
+    if layout:
+        return _context_runner(net, name, layout, task, domain, blend)
+    if domain is not None or blend is not None:
+        raise ConfigError(f"{name} ({type(net).__name__}) has no routing input; --domain and --blend work "
+                          "with edge students and their artifacts")
+    override, fixed = _task_override(net, task, name)
+    return _plain_runner(net, name, {} if override is None else {"override": override}, fixed)
+
+
+def _plain_runner(net, name, kwargs, fixed) -> Runner:
     import torch
     import torch.nn.functional as F
 
-    task = _check_task_text(task)
-    override, fixed = _task_override(net, task, name)
-    if override is FOLD:
-        from datprl_edge.sources import fold_for_task
-
-        # adaptive prompts are not tied to task ids: the task's prompt is its composed prompt,
-        # averaged over the task's calibration images and baked into static weights (as export --task)
-        net, _ = fold_for_task(net, task)
-        override, name = None, f"{name} folded for {task}"
     first_conv = next((m for m in net.modules() if isinstance(m, torch.nn.Conv2d)), None)
     in_channels = int(getattr(net, "img_channel", 0) or (first_conv.in_channels if first_conv else 3))
     own_pad = getattr(net, "pad_multiple", None)
     multiple = int(own_pad) if own_pad else _PAD_MULTIPLE
-    kwargs = {} if override is None else {"override": override}
 
     def fn(nchw: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(nchw, dtype=np.float32))
@@ -150,6 +214,78 @@ def module_runner(net, name: str, *, task: str = AUTO) -> Runner:
                   tasks=tuple(fixed))
 
 
+def _context_runner(net, name, layout, task, domain, blend) -> Runner:
+    """Runner over an edge student: routing requests and seam-free tiling through its context."""
+    import torch
+
+    fixed = _fixed_tasks(net)
+    _check_fixed(task, fixed, f"{name} is folded for")
+    request = routing_request(task, domain, blend, fixed)
+    table = _torch_routing_table(net, request, name) if request is not None else {}
+    given, mix = base_context(layout, request, table)
+
+    def context_fn(nchw, ctx, m):
+        x = torch.from_numpy(np.ascontiguousarray(nchw, dtype=np.float32))
+        n = x.shape[0]
+        c = torch.from_numpy(np.repeat(ctx, n, 0).astype(np.float32))
+        mm = torch.from_numpy(np.repeat(m, n, 0).astype(np.float32))
+        with torch.inference_mode():
+            y, own = net(x, context=c, context_mix=mm)
+        return y.float().numpy(), own.double().numpy()
+
+    def fn(nchw):
+        if request is None:
+            with torch.inference_mode():
+                return net(torch.from_numpy(np.ascontiguousarray(nchw, dtype=np.float32))).float().numpy()
+        return context_fn(nchw, given, mix)[0]
+
+    return Runner(fn, name, channels=int(net.img_channel), pad_multiple=int(net.pad_multiple),
+                  tasks=_runner_tasks(fixed, request), context_fn=context_fn, context_layout=layout,
+                  context=(given, mix), routing=_routing_label(request))
+
+
+def _torch_routing_table(net, request, name) -> dict:
+    """The routing table a request needs: recorded pool entries (one-hot), else computed on the
+    calibration images of the task (or of the domain's tasks)."""
+    mapping = _prompt_map(getattr(net, "datprl_checkpoint", None))
+    if mapping is not None:
+        return _one_hot_table(net, mapping)
+    from datprl_edge.data.tasks import TASKS
+    from datprl_edge.fold.routing import routing_table
+
+    if request.task is not None:
+        from datprl_edge.data.tasks import get_task
+
+        tasks = [get_task(request.task).id]
+    else:
+        tasks = [t for t in TASKS if t.startswith(request.domain + "/")]
+    if not tasks:
+        raise ConfigError(f"no task of domain {request.domain} to take {name}'s routing from")
+    return routing_table(net, tasks)
+
+
+def _one_hot_table(net, mapping: dict) -> dict:
+    nd, nt = net.domain_prompt_pool.pool_size, net.degradation_prompt_pool.pool_size
+
+    def hot(i, n):
+        return [1.0 if j == i else 0.0 for j in range(n)]
+
+    tasks = {t: {"domain_weights": hot(d, nd), "task_weights": hot(k, nt)} for t, (d, k) in mapping.items()}
+    domains = {}
+    for t, (d, _) in mapping.items():
+        domains.setdefault(t.split("/", 1)[0], {"domain_weights": hot(d, nd)})
+    return {"tasks": tasks, "domains": domains}
+
+
+def _fixed_tasks(net) -> list:
+    cfg = getattr(net, "datprl_checkpoint", None)
+    extra = dict(getattr(cfg, "extra", None) or {})
+    tasks = extra.get("tasks", extra.get("task", AUTO))
+    if tasks == AUTO and getattr(net, "tasks", None):
+        tasks = list(net.tasks)
+    return _task_list(tasks)
+
+
 def _task_override(net, task: str, name: str):
     """(PromptOverride or None, fixed tasks) for `--task` on a torch model."""
     cfg = getattr(net, "datprl_checkpoint", None)
@@ -164,11 +300,6 @@ def _task_override(net, task: str, name: str):
         raise ConfigError(f"{name} ({type(net).__name__}) has no prompt override, so --task cannot force a "
                           "task; use --task auto")
     mapping = _prompt_map(cfg)
-    if mapping is None and _foldable(net):
-        from datprl_edge.data.tasks import get_task
-
-        get_task(task)  # a typo gets "did you mean" before any work
-        return FOLD, [task]
     if mapping is None:
         raise ConfigError(f"{name} was trained with adaptive prompts: its prompt-pool entries are not tied "
                           "to task ids, so --task cannot force one; use --task auto, or a model folded for "
@@ -179,15 +310,6 @@ def _task_override(net, task: str, name: str):
 
     domain, degradation = mapping[task]
     return PromptOverride(domain=int(domain), task=int(degradation)), [task]
-
-
-FOLD = "fold"  # _task_override's answer for an adaptive student: fold the task's prompt first
-
-
-def _foldable(net) -> bool:
-    from datprl_edge.models.student import EdgeDATPRL
-
-    return isinstance(net, EdgeDATPRL)
 
 
 def _prompt_map(cfg) -> dict | None:

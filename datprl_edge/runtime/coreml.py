@@ -11,13 +11,26 @@ import collections
 import platform
 from pathlib import Path
 
-from datprl_edge.core.artifacts import METADATA_PREFIX, artifact_size, macos, require, strip_prefix
+from datprl_edge.core.artifacts import (
+    CONTEXT_MIX_NAME,
+    CONTEXT_NAME,
+    CONTEXT_OUT_NAME,
+    INPUT_NAME,
+    METADATA_PREFIX,
+    OUTPUT_NAME,
+    artifact_size,
+    io_names,
+    macos,
+    require,
+    strip_prefix,
+)
 from datprl_edge.core.errors import ArtifactError, InputNotFoundError, PlatformError
 from datprl_edge.core.targets import COMPUTE_UNITS
 from datprl_edge.runtime.session import ArtifactSession
 
 # What check_structure looks at, for the export report when numerics cannot be checked here.
-STRUCTURE_CHECKED = "spec loads, input/output names and shapes, op histogram, weight size"
+STRUCTURE_CHECKED = ("spec loads, input/output names and shapes (the context inputs and output where the "
+                     "model has them), op histogram, weight size")
 # Ops that show a quantized mlprogram (iOS 17): int8 weights and quantized activations.
 INT8_WEIGHT_OPS = ("constexpr_affine_dequantize", "constexpr_blockwise_shift_scale")
 INT8_ACTIVATION_OPS = ("quantize", "dequantize")
@@ -39,6 +52,8 @@ class CoreMLSession(ArtifactSession):
             raise InputNotFoundError(f"Core ML artifact not found: {self.path}")
         self.spec = load_spec(self.path)
         self.metadata = strip_prefix(self.spec.description.metadata.userDefined.items())
+        described = self.spec.description
+        self._check_io([i.name for i in described.input], [o.name for o in described.output])
         self.static_hw, self.allowed_hw, self.size_range = _input_shapes(self.spec)
         self.compute_units = compute_units or self.metadata.get("compute_units", COMPUTE_UNITS[0])
         self._model = None
@@ -48,12 +63,21 @@ class CoreMLSession(ArtifactSession):
             raise prediction_unavailable()
         return super().run(x)
 
-    def _infer(self, x):
+    def _predict(self, feed: dict) -> dict:
         if self._model is None:
             ct = require("coremltools", purpose="running Core ML artifacts")
             self._model = ct.models.MLModel(str(self.path), compute_units=ct.ComputeUnit[self.compute_units])
-        return self._model.predict({self.metadata.get("input_name", "input"): x})[
-            self.metadata.get("output_name", "output")]
+        return self._model.predict(feed)
+
+    def _infer(self, x):
+        # the context inputs (if any) are optional, with an all-zero default
+        return self._predict({self.metadata.get("input_name", INPUT_NAME): x})[
+            self.metadata.get("output_name", OUTPUT_NAME)]
+
+    def _infer_context(self, x, context, context_mix):
+        out = self._predict({self.metadata.get("input_name", INPUT_NAME): x, CONTEXT_NAME: context,
+                             CONTEXT_MIX_NAME: context_mix})
+        return out[self.metadata.get("output_name", OUTPUT_NAME)], out[CONTEXT_OUT_NAME]
 
 
 def bench_options(job: dict) -> dict:
@@ -129,7 +153,8 @@ def _count_ops(block, ops, elements) -> None:
 
 def _input_shapes(spec):
     """(static (h, w) or None, enumerated [(h, w)] or None, range {'h': [lo, hi], 'w': [...]} or None)."""
-    arr = spec.description.input[0].type.multiArrayType
+    image = next((i for i in spec.description.input if i.name == INPUT_NAME), spec.description.input[0])
+    arr = image.type.multiArrayType
     kind = arr.WhichOneof("ShapeFlexibility")
     if kind == "enumeratedShapes":
         return None, [tuple(int(v) for v in s.shape[2:4]) for s in arr.enumeratedShapes.shapes], None
@@ -143,10 +168,30 @@ def _input_shapes(spec):
 
 def _describe(feature) -> dict:
     arr = feature.type.multiArrayType
-    return {"shape": [int(d) for d in arr.shape], "dtype": type(arr).ArrayDataType.Name(arr.dataType)}
+    info = {"shape": [int(d) for d in arr.shape], "dtype": type(arr).ArrayDataType.Name(arr.dataType)}
+    if arr.WhichOneof("defaultOptionalValue"):
+        info["default"] = float(getattr(arr, arr.WhichOneof("defaultOptionalValue")))
+    return info
 
 
 __all__ = ["CoreMLSession", "inspect_coreml", "read_metadata", "load_spec", "METADATA_PREFIX"]
+
+
+def _context_problems(info: dict) -> list[str]:
+    """Names of the inputs/outputs; with a context (metadata context_size K), the (1, K) context
+    inputs with their all-zero default and the context_out output."""
+    text = str(info.get("metadata", {}).get("context_size", "0"))
+    k = int(text) if text.isdigit() else 0
+    inputs, outputs = io_names(k > 0)
+    if list(info["inputs"]) != inputs or list(info["outputs"]) != outputs:
+        return [f"inputs/outputs are {list(info['inputs'])}/{list(info['outputs'])}, expected "
+                f"{'/'.join([', '.join(inputs), ', '.join(outputs)])}"]
+    problems = []
+    for name in inputs[1:]:
+        feature = info["inputs"][name]
+        if feature["shape"] != [1, k] or feature.get("default") != 0.0:
+            problems.append(f"input {name} is {feature}, expected shape [1, {k}] with default 0")
+    return problems
 
 
 # Weight data type of each precision, and the share of constant elements it must hold at least
@@ -161,9 +206,7 @@ def check_structure(info: dict, precision: str, params: int, shapes) -> list[str
         problems.append(f"model type is {info['model_type']}, expected mlProgram")
     if info["specification_version"] < 8:
         problems.append(f"specification version {info['specification_version']} is below iOS 17's (8)")
-    if list(info["inputs"]) != ["input"] or list(info["outputs"]) != ["output"]:
-        problems.append(f"inputs/outputs are {list(info['inputs'])}/{list(info['outputs'])}, "
-                        "expected input/output")
+    problems += _context_problems(info)
     shapes = [tuple(s) for s in shapes]
     if len(shapes) == 1 and info["static_hw"] != shapes[0]:
         problems.append(f"input size {info['static_hw']} differs from the requested {shapes[0]}")

@@ -8,7 +8,17 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
-from datprl_edge.core.artifacts import METADATA_PREFIX, artifact_size, require, strip_prefix
+from datprl_edge.core.artifacts import (
+    CONTEXT_MIX_NAME,
+    CONTEXT_NAME,
+    CONTEXT_OUT_NAME,
+    INPUT_NAME,
+    METADATA_PREFIX,
+    OUTPUT_NAME,
+    artifact_size,
+    require,
+    strip_prefix,
+)
 from datprl_edge.core.errors import ArtifactError, ConfigError, InputNotFoundError
 from datprl_edge.runtime.session import ArtifactSession, env_threads
 
@@ -36,15 +46,29 @@ class OnnxSession(ArtifactSession):
             options.add_session_config_entry(self.EXACT_INT8_OPTION, "1")
         self._sess = _load(ort, self.path, options, providers)
         self.metadata = strip_prefix(self._sess.get_modelmeta().custom_metadata_map.items())
-        inp = self._sess.get_inputs()[0]
-        self._input = inp.name
+        required = [i.name for i in self._sess.get_inputs()]
+        # inputs with a default value (the context of toolkit exports) are overridable initializers
+        inputs = required + [i.name for i in self._sess.get_overridable_initializers()]
+        outputs = [o.name for o in self._sess.get_outputs()]
+        self._check_io(inputs, outputs)
+        self._input = INPUT_NAME if INPUT_NAME in inputs else required[0]
+        self._output = OUTPUT_NAME if OUTPUT_NAME in outputs else outputs[0]
+        self._zero_fed = [n for n in (CONTEXT_NAME, CONTEXT_MIX_NAME) if n in required]
+        inp = next(i for i in self._sess.get_inputs() if i.name == self._input)
         dims = list(inp.shape)
         if len(dims) == 4 and all(isinstance(d, int) for d in dims[2:]):
             self.static_hw = (dims[2], dims[3])
         self.providers = self._sess.get_providers()
 
     def _infer(self, x):
-        return self._sess.run(None, {self._input: x})[0]
+        feed = {self._input: x}
+        feed.update((name, self._zero_context()) for name in self._zero_fed)  # inputs without a default
+        return self._sess.run([self._output], feed)[0]
+
+    def _infer_context(self, x, context, context_mix):
+        feed = {self._input: x, CONTEXT_NAME: context, CONTEXT_MIX_NAME: context_mix}
+        out, own = self._sess.run([self._output, CONTEXT_OUT_NAME], feed)
+        return out, own
 
     def exact_int8_twin(self):
         if self.exact_int8:

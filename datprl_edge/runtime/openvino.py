@@ -9,7 +9,15 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
-from datprl_edge.core.artifacts import artifact_size, require
+from datprl_edge.core.artifacts import (
+    CONTEXT_MIX_NAME,
+    CONTEXT_NAME,
+    CONTEXT_OUT_NAME,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    artifact_size,
+    require,
+)
 from datprl_edge.core.errors import ArtifactError, ConfigError, InputNotFoundError
 from datprl_edge.runtime.session import ArtifactSession, env_threads
 
@@ -41,7 +49,12 @@ class OpenVINOSession(ArtifactSession):
             first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             raise ArtifactError(f"OpenVINO cannot read {self.path.name}: {first}") from None
         self.metadata = rt_metadata(model)
-        shape = model.input(0).get_partial_shape()
+        inputs, outputs = _port_names(model.inputs), _port_names(model.outputs)
+        self._check_io(inputs, outputs)
+        self._input = INPUT_NAME if INPUT_NAME in inputs else 0
+        self._output = OUTPUT_NAME if OUTPUT_NAME in outputs else 0
+        self._context_inputs = [n for n in (CONTEXT_NAME, CONTEXT_MIX_NAME) if n in inputs]
+        shape = model.input(self._input).get_partial_shape()
         if shape.is_static:
             dims = [d.get_length() for d in shape]
             self.static_hw = (dims[2], dims[3])
@@ -52,11 +65,27 @@ class OpenVINOSession(ArtifactSession):
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.device = device
-        self._compiled = core.compile_model(model, device, config)
+        try:
+            self._compiled = core.compile_model(model, device, config)
+        except RuntimeError as e:  # the plugin's graph passes can refuse a graph they read fine
+            detail = [ln for ln in str(e).splitlines() if ln.strip()]
+            raise ArtifactError(f"OpenVINO cannot compile {self.path.name} for {device}: "
+                                f"{(detail[-1] if detail else type(e).__name__)[:200]}") from None
         self._request = self._compiled.create_infer_request()
 
     def _infer(self, x):
-        return self._request.infer({0: x})[0].copy()
+        feed = {self._input: x}
+        feed.update((name, self._zero_context()) for name in self._context_inputs)  # no optional inputs here
+        return self._request.infer(feed)[self._compiled.output(self._output)].copy()
+
+    def _infer_context(self, x, context, context_mix):
+        result = self._request.infer({self._input: x, CONTEXT_NAME: context, CONTEXT_MIX_NAME: context_mix})
+        return (result[self._compiled.output(self._output)].copy(),
+                result[self._compiled.output(CONTEXT_OUT_NAME)].copy())
+
+
+def _port_names(ports) -> list[str]:
+    return [name for port in ports for name in port.get_names()]
 
 
 def rt_metadata(model) -> dict:

@@ -1,14 +1,17 @@
 """The base class of every runtime's session (`ArtifactSession`): input checks, padding to the
-artifact's pad multiple and cropping back, static and enumerated sizes. numpy only (no torch).
+artifact's pad multiple and cropping back, static and enumerated sizes, the context inputs of
+artifacts that have them. numpy only (no torch).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from datprl_edge.core.artifacts import io_names
 from datprl_edge.core.errors import ArtifactError, ChannelCountError, ConfigError, NonFiniteInputError
 
 
@@ -16,7 +19,9 @@ class ArtifactSession:
     """Runs one exported artifact on NCHW float32 arrays in [0, 1].
 
     Subclasses set `metadata`, `static_hw` (the one input size of a static artifact, else None),
-    `allowed_hw` (enumerated sizes, else None) and implement `_infer(x)` for one (1, C, H, W) array.
+    `allowed_hw` (enumerated sizes, else None) and implement `_infer(x)` for one (1, C, H, W) array
+    and, for artifacts with a context, `_infer_context(x, context, context_mix)` -> (restored,
+    context_out) with (1, K) arrays (`_infer` then feeds a zero context: the model's own behaviour).
     Inputs of a flexible artifact are zero-padded at the bottom/right to the pad multiple, as the
     model itself does, then cropped back: the same numbers, and graphs traced at a multiple work.
     """
@@ -58,26 +63,105 @@ class ArtifactSession:
                                 f"[{lo}, {hi}]; re-export the artifact")
         return value
 
+    @property
+    def context_layout(self) -> list[tuple[str, int]]:
+        """[(entry name, size), ...] of the artifact's context inputs (models/context.py); [] when it
+        takes the image only."""
+        text = str(self.metadata.get("context_layout", "") or "").strip()
+        if not text:
+            return []
+        try:
+            layout = json.loads(text)
+        except ValueError:
+            layout = None
+        ok = isinstance(layout, list) and all(
+            isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and type(e[1]) is int and e[1] > 0
+            for e in layout)
+        if not ok:
+            raise ArtifactError(f"{self.path.name}: metadata context_layout = {text[:40]!r} is not a JSON "
+                                "list of [name, size] pairs; re-export the artifact")
+        layout = [(name, size) for name, size in layout]
+        size = self._meta_int("context_size", sum(n for _, n in layout), 0, 1 << 20)
+        if size != sum(n for _, n in layout):
+            raise ArtifactError(f"{self.path.name}: metadata context_size {size} is not the sum of the "
+                                f"context_layout sizes ({sum(n for _, n in layout)}); re-export the artifact")
+        return layout
+
+    @property
+    def context_size(self) -> int:
+        """K, the length of the context vector (0: no context inputs)."""
+        return sum(n for _, n in self.context_layout)
+
     def run(self, x: np.ndarray) -> np.ndarray:
         x = self._check(x)
         return np.concatenate([self._run_one(x[i:i + 1]) for i in range(x.shape[0])], axis=0)
 
-    def _run_one(self, x):
+    def run_with_context(self, x: np.ndarray, context: np.ndarray, context_mix: np.ndarray):
+        """(restored (N, C, H, W), context_out (N, K)) for images with a given context: entry by entry
+        the artifact uses own + context_mix * (context - own). `context`, `context_mix`: (N, K) arrays,
+        or (1, K) for every image; context_out is each image's own context."""
+        k = self.context_size
+        if not k:
+            raise ConfigError(f"{self.path.name} has no context inputs (a model without a context, or "
+                              "exported before they existed): use run(), or re-export the model")
+        x = self._check(x)
+        context = self._check_context(context, "context", x.shape[0], k)
+        context_mix = self._check_context(context_mix, "context_mix", x.shape[0], k)
+        def row(a, i):
+            return a[i:i + 1] if a.shape[0] > 1 else a
+
+        pairs = [self._run_one(x[i:i + 1], (row(context, i), row(context_mix, i))) for i in range(x.shape[0])]
+        return (np.concatenate([p[0] for p in pairs], axis=0),
+                np.concatenate([p[1] for p in pairs], axis=0))
+
+    def _check_context(self, a, name: str, n: int, k: int) -> np.ndarray:
+        if not isinstance(a, np.ndarray):
+            raise ConfigError(f"{name} must be a numpy array, got {type(a).__name__}")
+        if a.ndim != 2 or a.shape[1] != k or a.shape[0] not in (1, n):
+            raise ConfigError(f"{name} must be an (N, {k}) array for {self.path.name} "
+                              f"(N = {n} images, or 1 for all), got shape {a.shape}")
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        if not np.isfinite(a).all():
+            raise NonFiniteInputError(f"{name} holds NaN or infinite values")
+        return a
+
+    def _run_one(self, x, context=None):
+        """Restored (1, C, H, W) for one image; with `context` = (context, context_mix) (1, K) arrays,
+        (restored, context_out)."""
         h, w = x.shape[2], x.shape[3]
         if self.static_hw is not None:
             if (h, w) != tuple(self.static_hw):
                 sh, sw = self.static_hw
                 raise ConfigError(f"{self.path.name} takes {sh}x{sw} inputs only, got {h}x{w}: "
                                   "tile the image, or export with --dynamic")
-            return np.asarray(self._infer(x), dtype=np.float32)
-        m = self.pad_multiple
-        ph, pw = (-h) % m, (-w) % m
-        xp = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw))) if ph or pw else x
-        if self.allowed_hw and tuple(xp.shape[2:]) not in {tuple(s) for s in self.allowed_hw}:
-            sizes = ", ".join(f"{a}x{b}" for a, b in self.allowed_hw)
-            raise ConfigError(f"{self.path.name} takes the sizes {sizes}; got {h}x{w}: tile the image")
-        out = np.asarray(self._infer(np.ascontiguousarray(xp)), dtype=np.float32)
-        return out[:, :, :h, :w]
+            xp = x
+        else:
+            m = self.pad_multiple
+            ph, pw = (-h) % m, (-w) % m
+            xp = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw))) if ph or pw else x
+            if self.allowed_hw and tuple(xp.shape[2:]) not in {tuple(s) for s in self.allowed_hw}:
+                sizes = ", ".join(f"{a}x{b}" for a, b in self.allowed_hw)
+                raise ConfigError(f"{self.path.name} takes the sizes {sizes}; got {h}x{w}: tile the image")
+            xp = np.ascontiguousarray(xp)
+        if context is None:
+            return np.asarray(self._infer(xp), dtype=np.float32)[:, :, :h, :w]
+        out, own = self._infer_context(xp, *context)
+        return np.asarray(out, dtype=np.float32)[:, :, :h, :w], np.asarray(own, dtype=np.float32)
+
+    def _zero_context(self) -> np.ndarray:
+        return np.zeros((1, self.context_size), np.float32)
+
+    def _check_io(self, inputs, outputs) -> None:
+        """An artifact whose metadata names a context must have the context inputs and output (one
+        without a context runs its first input, whatever its name)."""
+        if not self.context_layout:
+            return
+        want_in, want_out = io_names(True)
+        missing = [n for n in want_in if n not in inputs] + [n for n in want_out if n not in outputs]
+        if missing:
+            have = f"{', '.join(inputs)} -> {', '.join(outputs)}"
+            raise ArtifactError(f"{self.path.name} lacks the tensors {', '.join(missing)} its metadata "
+                                f"promises (it has {have}); re-export it")
 
     def _check(self, x) -> np.ndarray:
         if not isinstance(x, np.ndarray):
@@ -93,6 +177,9 @@ class ArtifactSession:
         return x
 
     def _infer(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _infer_context(self, x: np.ndarray, context: np.ndarray, context_mix: np.ndarray):  # pragma: no cover
         raise NotImplementedError
 
     def __repr__(self):

@@ -4,6 +4,9 @@ the file name (.onnx -> onnxruntime, .xml -> OpenVINO, .mlpackage -> Core ML).
 A session has `run(nchw_float32) -> nchw_float32` (inputs in [0, 1], any batch size; sizes that
 the artifact cannot take directly are padded to its pad multiple and cropped back) and
 `metadata` (the toolkit entries embedded at export: model, tasks, tile size, precision, ...).
+Artifacts of a model with a context (models/context.py) also have `context_layout` [(name, size)]
+and `run_with_context(x, context, context_mix) -> (restored, context_out)` with (N, K) arrays;
+`run` feeds them a zero context (the model's own behaviour).
 """
 
 from __future__ import annotations

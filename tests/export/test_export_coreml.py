@@ -41,7 +41,8 @@ def test_mlprogram_ios17_with_range_shapes(exported):
     for precision in ("fp32", "fp16"):
         info = inspect_artifact(out / f"edge-xs_coreml_{precision}.mlpackage")
         assert info["model_type"] == "mlProgram" and info["specification_version"] >= 8  # iOS 17
-        assert list(info["inputs"]) == ["input"] and list(info["outputs"]) == ["output"]
+        assert list(info["inputs"]) == ["input", "context", "context_mix"]  # the student's context
+        assert list(info["outputs"]) == ["output", "context_out"]
         assert info["size_range"] == {"h": [8, 4096], "w": [8, 4096]}
         assert info["inputs"]["input"]["shape"] == [1, 3, 128, 128]  # default = the tile size
         assert info["ops"]["conv"] > 0

@@ -53,11 +53,15 @@ def test_qdq_onnx_holds_int8_weights(exported, qat_checkpoint):
     from torch import nn
 
     model = qat_checkpoint[0]
-    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    from datprl_edge.quantize.onnx import context_float_layers
+
+    kept = {model.get_submodule(name) for name in context_float_layers(model)}  # float by design
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m not in kept]
     quantized = sum(m.weight.numel() for m in layers)
-    assert info["weight_bytes"]["int8"] >= quantized  # every conv / linear weight, prompt path included
+    assert kept and info["weight_bytes"]["int8"] >= quantized  # every other weight, prompt path included
     total_params = sum(p.numel() for p in model.parameters())
-    assert info["weight_bytes"]["int8"] + info["weight_bytes"]["float32"] < 0.3 * 4 * total_params
+    # the float channel-attention convs (9 % of the weights) keep it above a quarter of the fp32 size
+    assert info["weight_bytes"]["int8"] + info["weight_bytes"]["float32"] < 0.35 * 4 * total_params
 
 
 def test_prompt_path_is_weight_only_int8(exported, qat_checkpoint):
@@ -76,8 +80,13 @@ def test_prompt_path_is_weight_only_int8(exported, qat_checkpoint):
         return node is not None and node.op_type == "DequantizeLinear" and (
             not int8_only or node.input[0] in int8)
 
+    from datprl_edge.quantize.onnx import context_float_layers
+
     weighted = [n for n in graph.node if n.op_type in ("Conv", "Gemm")]
-    assert weighted and all(from_dq(n.input[1], int8_only=True) for n in weighted)
+    float_weights = [n for n in weighted if not from_dq(n.input[1], int8_only=True)]
+    # only the channel-attention convs on the context entries keep float weights (see the scheme)
+    assert weighted and len(float_weights) == len(context_float_layers(qat_checkpoint[0]))
+    assert all(n.op_type == "Conv" for n in float_weights)
     gemms = [n for n in graph.node if n.op_type == "Gemm"]  # edge-xs: every Linear is on the prompt path
     assert len(gemms) == linears and not any(from_dq(n.input[0]) for n in gemms)
 
@@ -169,8 +178,9 @@ def test_onnxruntime_runs_every_pixel_conv_in_integer_kernels(exported, qat_chec
     assert kernels["float_convs"] <= routing
     from datprl_edge.quantize.scope import film_modules
 
-    # the only splits left are the FiLM projections' (B, 2C) -> 2 x (B, C) on the prompt path
-    assert kernels["ops"].get("Split", 0) <= len(film_modules(qat_checkpoint[0]))
+    # the only splits left are the FiLM projections' (B, 2C) -> 2 x (B, C) on the prompt path and the
+    # two (B, K) context inputs cut into their entries
+    assert kernels["ops"].get("Split", 0) <= len(film_modules(qat_checkpoint[0])) + 2
     assert reports["onnx"].notes["onnxruntime_convs"].startswith(f"{integer} integer")
 
 

@@ -12,6 +12,7 @@ from conftest import run_cli  # noqa: E402
 
 from datprl_edge.core.errors import CheckpointError, ConfigError, UnknownChoiceError  # noqa: E402
 from datprl_edge.models.registry import create_model  # noqa: E402
+from datprl_edge.quantize.feed import run_image  # noqa: E402
 from datprl_edge.quantize.qat import QATConfig, load_qat, run_qat, save_qat  # noqa: E402
 from datprl_edge.quantize.scope import check_float_layers, example_inputs, frozen_observers  # noqa: E402
 
@@ -83,10 +84,10 @@ def test_qat_round_trip(target, student, tmp_path):
     assert all(torch.equal(before[k], v) for k, v in student.state_dict().items()), "input model mutated"
     x = _x()
     with torch.no_grad(), frozen_observers(result.prepared):
-        fq, ref = result.prepared(x), student(x)
+        fq, ref = run_image(result.prepared, x), student(x)
         assert fq.shape == ref.shape
         assert 0 < (fq - ref).abs().max() < 0.2  # quantization noise, not a broken model
-        assert (result.converted()(x) - fq).abs().max() < 0.05
+        assert (run_image(result.converted(), x) - fq).abs().max() < 0.05
     m = result.metrics
     assert set(m["psnr_fp32"]) == {"natural/denoise"} and np.isfinite(m["drop_db"]["worst"])
     # QAT trains the pixel path; the routing (query mappers, prompt pools) stays as it was
@@ -100,7 +101,7 @@ def test_qat_round_trip(target, student, tmp_path):
     assert loaded.target == target and loaded.float_layers == result.float_layers
     assert loaded.config.steps == 2 and loaded.scheme["target"] == target
     with torch.no_grad():
-        assert torch.equal(loaded.prepared(x), result.prepared(x))
+        assert torch.equal(run_image(loaded.prepared, x), run_image(result.prepared, x))
     from datprl_edge.io.checkpoint import read_checkpoint_config
 
     extra = read_checkpoint_config(path).extra
@@ -181,7 +182,7 @@ def test_resume_continues_from_saved_state(student, onnx_ptq, tmp_path):
     info = train(resumed, student, pairs, cfg, state_dir=tmp_path)
     assert info["resumed_from"] == 2
     with torch.no_grad():
-        assert torch.allclose(resumed(_x()), straight(_x()), atol=1e-5)
+        assert torch.allclose(run_image(resumed, _x()), run_image(straight, _x()), atol=1e-5)
     with pytest.raises(ConfigError, match="other settings"):
         train(copy.deepcopy(onnx_ptq.prepared), student, pairs, dataclasses.replace(cfg, lr=1e-3),
               state_dir=tmp_path)
@@ -222,9 +223,12 @@ def test_onnx_scheme_exports_qdq_with_int8_weights(onnx_ptq, tmp_path):
     from torch.export import Dim
 
     conv = onnx_ptq.converted()
+    k = sum(n for _, n in onnx_ptq.context_layout)
     x = torch.rand(2, 3, SIZE, SIZE)
     dims = {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}
-    prog = torch.onnx.export(conv, (x,), dynamo=True, dynamic_shapes=(dims,), verbose=False)
+    args, shapes = ((x, torch.zeros(2, k), torch.zeros(2, k)), (dims, {0: Dim.AUTO}, {0: Dim.AUTO})) if k \
+        else ((x,), (dims,))
+    prog = torch.onnx.export(conv, args, dynamo=True, dynamic_shapes=shapes, verbose=False)
     path = tmp_path / "q.onnx"
     prog.save(str(path))
     proto = onnx.load(str(path))
@@ -233,12 +237,14 @@ def test_onnx_scheme_exports_qdq_with_int8_weights(onnx_ptq, tmp_path):
     assert any(i.data_type == onnx.TensorProto.INT8 for i in proto.graph.initializer)
     sess = ort.InferenceSession(str(path))
     x1 = _x(40, 48)
-    got = sess.run(None, {sess.get_inputs()[0].name: x1.numpy()})[0]
+    feeds = [x1.numpy()] + [np.zeros((1, k), np.float32)] * (2 if k else 0)
+    got = sess.run(None, {i.name: v for i, v in zip(sess.get_inputs(), feeds)})[0]
     from datprl_edge.core.artifacts import psnr_db
     from datprl_edge.export.verify import MIN_PSNR_DB
 
     with torch.no_grad():
-        assert psnr_db(conv(x1).numpy(), got) >= MIN_PSNR_DB["int8"]  # the export rule, on every CPU
+        # the export rule, on every CPU
+        assert psnr_db(run_image(conv, x1).numpy(), got) >= MIN_PSNR_DB["int8"]
 
 
 def test_calibration_ranges_mean_or_extremes():

@@ -1,0 +1,129 @@
+"""Seam-free tiling and routing requests through a student's context (torch runner; the artifact
+side is covered with the exported artifacts in tests/export/test_context_io.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from datprl_edge.core.errors import ConfigError, UnknownChoiceError
+from datprl_edge.restore import driver
+from datprl_edge.restore.context import RoutingRequest, base_context, fixed_context
+from datprl_edge.restore.runners import open_runner
+
+LEVEL = 255.0
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    skimage_data = pytest.importorskip("skimage.data")
+    return skimage_data.astronaut().astype(np.float32) / 255.0  # 512x512x3, a real bundled photo
+
+
+@pytest.fixture(scope="module")
+def student():
+    return open_runner("bundled:edge-xs")
+
+
+def test_tiles_share_the_whole_image_statistics(astronaut, student):
+    whole = driver.restore_array(student, astronaut, 512, 0)
+    seamless = driver.restore_array(student, astronaut, 256, 32)
+    per_tile = driver.restore_array(student, astronaut, 256, 32, stats_size=0)
+    gap, old = np.abs(seamless - whole) * LEVEL, np.abs(per_tile - whole) * LEVEL
+    assert gap.max() <= 2.0 and gap.mean() <= 0.1, (gap.max(), gap.mean())
+    assert old.max() > 5 * gap.max()  # each tile on its own statistics: visible seams
+    plain = dataclasses.replace(student, context_fn=None)  # a model without a context tiles per tile
+    np.testing.assert_allclose(driver.restore_array(plain, astronaut, 256, 32), per_tile, atol=1e-6)
+
+
+def test_forced_task_through_the_context_matches_the_static_fold(astronaut):
+    import torch
+
+    from datprl_edge.fold.folding import FoldConfig, fold_static
+    from datprl_edge.sources import resolve_model
+
+    task = "natural/derain"
+    crop = astronaut[:128, :128]
+    forced = open_runner("bundled:edge-xs", task=task)
+    assert forced.routing == f"task {task}"
+    from datprl_edge.fold.routing import TABLE_CROP, TABLE_IMAGES
+
+    config = FoldConfig(task=task, latency_iters=0, images=TABLE_IMAGES, crop=TABLE_CROP)  # the table's
+    folded = fold_static(resolve_model("bundled:edge-xs"), config).model
+    with torch.inference_mode():
+        ref = folded(torch.from_numpy(crop.transpose(2, 0, 1)[None].copy()))[0].numpy().transpose(1, 2, 0)
+    out = driver.restore_array(forced, crop, 128, 0)
+    assert np.abs(out - np.clip(ref, 0, 1)).max() * LEVEL <= 0.05
+    auto = driver.restore_array(open_runner("bundled:edge-xs"), crop, 128, 0)
+    half = driver.restore_array(open_runner("bundled:edge-xs", task=task, blend=0.5), crop, 128, 0)
+    assert np.abs(out - auto).max() * LEVEL > 1.0
+    assert 0 < np.abs(half - auto).mean() < np.abs(out - auto).mean()
+
+
+def test_domain_request_forces_only_the_domain_weights():
+    layout = [("domain_weights", 3), ("task_weights", 2), ("encoders.0.0", 4)]
+    table = {"tasks": {"medical/ct_denoise": {"domain_weights": [0, 2, 2], "task_weights": [1, 0]}},
+             "domains": {"medical": {"domain_weights": [0, 1, 0]}}}
+    given, mix = base_context(layout, RoutingRequest(domain="medical", blend=0.25), table)
+    assert given.tolist() == [[0, 1, 0, 0, 0, 0, 0, 0, 0]]
+    assert mix.tolist() == [[0.25] * 3 + [0] * 6]
+    given, mix = base_context(layout, RoutingRequest(task="medical/ct_denoise"), table)
+    assert given[0, :5].tolist() == [0, 0.5, 0.5, 1, 0] and mix[0].tolist() == [1] * 5 + [0] * 4
+    stats = np.arange(9, dtype=np.float64)[None]
+    ctx, m = fixed_context(layout, stats, given, mix)
+    assert ctx[0, 5:].tolist() == [5, 6, 7, 8] and m[0, 5:].tolist() == [1] * 4
+    assert ctx[0, :5].tolist() == given[0, :5].tolist()
+    with pytest.raises(UnknownChoiceError, match="did you mean"):
+        base_context(layout, RoutingRequest(task="medical/ct_denoize"), table)
+    with pytest.raises(ConfigError, match="no prompt routing"):
+        base_context(layout[2:], RoutingRequest(domain="medical"), table)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(blend=0.5), "--blend mixes"),
+    (dict(domain="medicl"), "did you mean"),
+    (dict(domain="natural", task="medical/ct_denoise"), "disagree"),
+    (dict(task="natural/derain", blend=1.5), "--blend must be"),
+])
+def test_bad_routing_requests_are_one_error(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        open_runner("bundled:edge-xs", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """bundled:edge-xs exported to ONNX and OpenVINO fp32 (context inputs and routing table)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    from datprl_edge.export.driver import ExportConfig, export_model
+    from datprl_edge.sources import resolve_model
+
+    out = tmp_path_factory.mktemp("xs-artifacts")
+    config = ExportConfig(targets=("onnx", "openvino"), precision="fp32", model_name="edge-xs",
+                          verify_images=1, verify_size=(32, 32))
+    reports = export_model(resolve_model("bundled:edge-xs"), config, out)
+    return {r.target: r.path for r in reports}
+
+
+@pytest.mark.parametrize("target", ["onnx", "openvino"])
+def test_artifacts_tile_seam_free_and_force_tasks_like_torch(astronaut, student, artifacts, target):
+    runner = open_runner(artifacts[target])
+    assert runner.seamless
+    image = astronaut[:256, :320]
+    whole = driver.restore_array(runner, image, 320, 0)
+    tiled = driver.restore_array(runner, image, 128, 32)
+    gap = np.abs(tiled - whole) * LEVEL
+    assert gap.max() <= 2.0, gap.max()
+    np.testing.assert_allclose(tiled, driver.restore_array(student, image, 128, 32), atol=2e-4)
+    task = "medical/ct_denoise"
+    forced = open_runner(artifacts[target], task=task, blend=0.7)
+    assert forced.routing == f"task {task}, blend 0.7" and forced.tasks == ()
+    torch_forced = open_runner("bundled:edge-xs", task=task, blend=0.7)
+    crop = image[:64, :64]
+    out = driver.restore_array(forced, crop, 64, 0)
+    np.testing.assert_allclose(out, driver.restore_array(torch_forced, crop, 64, 0), atol=2e-4)
+    assert np.abs(out - driver.restore_array(runner, crop, 64, 0)).max() * LEVEL > 0.5
+    domain = open_runner(artifacts[target], domain="remote")
+    assert np.abs(driver.restore_array(domain, crop, 64, 0) - out).max() > 0
