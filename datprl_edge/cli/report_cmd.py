@@ -28,7 +28,7 @@ def register(subparsers):
     p.add_argument("--bench", nargs="+", default=[], metavar="BENCH.json",
                    help="bench reports from other devices (`datprl-edge bench --json` run there): their "
                         "results join the latency table, labelled by host")
-    p.add_argument("--host", metavar="TEXT",
+    p.add_argument("--host", "--device", dest="host", metavar="TEXT",
                    help="the benchmark host the artifacts table, the plot and the recommendation use: a part "
                         "of its label (CPU model, ISA, OS, runtime versions; default: this machine if it "
                         "benchmarked, else the first host)")

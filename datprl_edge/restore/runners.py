@@ -169,7 +169,10 @@ def torch_runner(model, *, network=None, task: str = AUTO, domain: str | None = 
                                   "run without it)") from None
     from datprl_edge.sources import resolve_model
 
+    from datprl_edge.quantize.scope import set_observers
+
     net = resolve_model(model, network=network)
+    set_observers(net, False)  # a QAT checkpoint restores with its ranges, never moves them
     return module_runner(net, _model_name(net, model), task=task, domain=domain, blend=blend)
 
 
@@ -179,7 +182,7 @@ def module_runner(net, name: str, *, task: str = AUTO, domain: str | None = None
     from datprl_edge.models.context import context_layout
 
     task = _check_task_text(task)
-    layout = tuple(context_layout(net))
+    layout = tuple(context_layout(net)) or _program_layout(net)
     if layout:
         return _context_runner(net, name, layout, task, domain, blend)
     if domain is not None or blend is not None:
@@ -214,13 +217,40 @@ def _plain_runner(net, name, kwargs, fixed) -> Runner:
                   tasks=tuple(fixed))
 
 
+def _geometry(net) -> tuple[int, int]:
+    """(image channels, pad multiple) of a student or of its QAT program (from its checkpoint)."""
+    cfg = getattr(net, "datprl_checkpoint", None)
+    options = dict((getattr(cfg, "extra", None) or {}).get("base_options") or {})
+    channels = int(getattr(net, "img_channel", 0) or options.get("img_channel", 3))
+    levels = len(options.get("enc_blk_nums", (1, 1, 1)))
+    return channels, int(getattr(net, "pad_multiple", 0) or 2 ** levels)
+
+
+def _program_layout(net) -> tuple:
+    """The context layout of a QAT program that takes one (recorded in its checkpoint), else ()."""
+    from datprl_edge.quantize.feed import context_width
+
+    if not context_width(net):
+        return ()
+    cfg = getattr(net, "datprl_checkpoint", None)
+    layout = (getattr(cfg, "extra", None) or {}).get("context_layout") or []
+    return tuple((str(n), int(k)) for n, k in layout)
+
+
 def _context_runner(net, name, layout, task, domain, blend) -> Runner:
-    """Runner over an edge student: routing requests and seam-free tiling through its context."""
+    """Runner over an edge student (or its QAT program): routing requests and seam-free tiling
+    through its context."""
     import torch
+
+    from datprl_edge.quantize.feed import call_with_context, run_image
 
     fixed = _fixed_tasks(net)
     _check_fixed(task, fixed, f"{name} is folded for")
     request = routing_request(task, domain, blend, fixed)
+    if request is not None and not hasattr(net, "conditioning") and _prompt_map(
+            getattr(net, "datprl_checkpoint", None)) is None:
+        raise ConfigError(f"{name} is a quantized program: its task routing is not recorded; use "
+                          "--task/--domain with the float model or an exported artifact")
     table = _torch_routing_table(net, request, name) if request is not None else {}
     given, mix = base_context(layout, request, table)
 
@@ -230,16 +260,18 @@ def _context_runner(net, name, layout, task, domain, blend) -> Runner:
         c = torch.from_numpy(np.repeat(ctx, n, 0).astype(np.float32))
         mm = torch.from_numpy(np.repeat(m, n, 0).astype(np.float32))
         with torch.inference_mode():
-            y, own = net(x, context=c, context_mix=mm)
+            y, own = call_with_context(net, x, c, mm)
         return y.float().numpy(), own.double().numpy()
 
     def fn(nchw):
         if request is None:
+            x = torch.from_numpy(np.ascontiguousarray(nchw, dtype=np.float32))
             with torch.inference_mode():
-                return net(torch.from_numpy(np.ascontiguousarray(nchw, dtype=np.float32))).float().numpy()
+                return run_image(net, x).float().numpy()
         return context_fn(nchw, given, mix)[0]
 
-    return Runner(fn, name, channels=int(net.img_channel), pad_multiple=int(net.pad_multiple),
+    channels, multiple = _geometry(net)
+    return Runner(fn, name, channels=channels, pad_multiple=multiple,
                   tasks=_runner_tasks(fixed, request), context_fn=context_fn, context_layout=layout,
                   context=(given, mix), routing=_routing_label(request))
 
