@@ -167,9 +167,8 @@ def torch_runner(model, *, network=None, task: str = AUTO, domain: str | None = 
     except ImportError:
         raise MissingBackendError("torch", purpose=f"running the checkpoint {model} (exported artifacts "
                                   "run without it)") from None
-    from datprl_edge.sources import resolve_model
-
     from datprl_edge.quantize.scope import set_observers
+    from datprl_edge.sources import resolve_model
 
     net = resolve_model(model, network=network)
     set_observers(net, False)  # a QAT checkpoint restores with its ranges, never moves them
@@ -279,11 +278,16 @@ def _context_runner(net, name, layout, task, domain, blend) -> Runner:
 def _torch_routing_table(net, request, name) -> dict:
     """The routing table a request needs: recorded pool entries (one-hot), else computed on the
     calibration images of the task (or of the domain's tasks)."""
-    mapping = _prompt_map(getattr(net, "datprl_checkpoint", None))
+    cfg = getattr(net, "datprl_checkpoint", None)
+    mapping = _prompt_map(cfg)
     if mapping is not None:
         return _one_hot_table(net, mapping)
     from datprl_edge.data.tasks import TASKS
-    from datprl_edge.fold.routing import routing_table
+    from datprl_edge.fold.routing import parse_routing_table, routing_table
+
+    recorded = parse_routing_table((getattr(cfg, "extra", None) or {}).get("routing_table"))
+    if recorded:  # written with the checkpoint (bundled weights): no calibration images to run
+        return recorded
 
     if request.task is not None:
         from datprl_edge.data.tasks import get_task

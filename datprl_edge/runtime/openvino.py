@@ -29,12 +29,19 @@ class OpenVINOSession(ArtifactSession):
 
     `inference_precision` defaults to "f32": some CPUs otherwise run FP32 IRs in bf16, which is
     a device choice, not the artifact's numbers. Pass None to keep the device default.
+
+    `static` (default): an IR with dynamic height/width is reshaped to each input size it meets
+    and compiled for it (the last `STATIC_CACHE` sizes are kept; tiles all share one). The CPU
+    plugin switches its eltwise fusion off for dynamic shapes: measured on edge-xs INT8 (NNCF) at
+    256x256, 1 thread, 2-core EPYC under load, 75.9 -> 40.1 ms p50, Eltwise nodes 53 -> 3,
+    Reorders 34 -> 11; FP32 124.8 -> 95.0 ms. `static=False` compiles the dynamic graph once.
     """
 
     target = "openvino"
+    STATIC_CACHE = 4
 
     def __init__(self, path, device: str = "CPU", inference_precision: str | None = "f32",
-                 threads: int | None = None):
+                 threads: int | None = None, static: bool = True):
         self.path = Path(path)
         if not self.path.is_file():
             raise InputNotFoundError(f"OpenVINO artifact not found: {self.path}")
@@ -65,23 +72,63 @@ class OpenVINOSession(ArtifactSession):
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.device = device
+        self._core, self._model, self._config = core, model, config
+        self.reshapes = bool(static) and not shape.is_static
+        self._by_size: dict = {}  # (H, W) -> (compiled model, infer request), most recent last
+        if not self.reshapes:
+            self._compiled, self._request = self._compile(model)
+
+    def _compile(self, model):
         try:
-            self._compiled = core.compile_model(model, device, config)
+            compiled = self._core.compile_model(model, self.device, self._config)
         except RuntimeError as e:  # the plugin's graph passes can refuse a graph they read fine
             detail = [ln for ln in str(e).splitlines() if ln.strip()]
-            raise ArtifactError(f"OpenVINO cannot compile {self.path.name} for {device}: "
+            raise ArtifactError(f"OpenVINO cannot compile {self.path.name} for {self.device}: "
                                 f"{(detail[-1] if detail else type(e).__name__)[:200]}") from None
-        self._request = self._compiled.create_infer_request()
+        return compiled, compiled.create_infer_request()
+
+    def _for_size(self, x):
+        """The compiled model and request for x's size (a static reshape of a dynamic IR)."""
+        if not self.reshapes:
+            return self._compiled, self._request
+        key = tuple(int(d) for d in x.shape)
+        if key not in self._by_size:
+            model = self._model.clone()
+            model.reshape({model.input(self._input): list(key)})
+            self._by_size[key] = self._compile(model)
+            while len(self._by_size) > self.STATIC_CACHE:
+                self._by_size.pop(next(iter(self._by_size)))
+        else:
+            self._by_size[key] = self._by_size.pop(key)  # most recently used last
+        self._compiled, self._request = self._by_size[key]
+        return self._compiled, self._request
 
     def _infer(self, x):
+        compiled, request = self._for_size(x)
         feed = {self._input: x}
         feed.update((name, self._zero_context()) for name in self._context_inputs)  # no optional inputs here
-        return self._request.infer(feed)[self._compiled.output(self._output)].copy()
+        return request.infer(feed)[compiled.output(self._output)].copy()
 
     def _infer_context(self, x, context, context_mix):
-        result = self._request.infer({self._input: x, CONTEXT_NAME: context, CONTEXT_MIX_NAME: context_mix})
-        return (result[self._compiled.output(self._output)].copy(),
-                result[self._compiled.output(CONTEXT_OUT_NAME)].copy())
+        compiled, request = self._for_size(x)
+        result = request.infer({self._input: x, CONTEXT_NAME: context, CONTEXT_MIX_NAME: context_mix})
+        return (result[compiled.output(self._output)].copy(),
+                result[compiled.output(CONTEXT_OUT_NAME)].copy())
+
+    def runtime_graph(self, shape=None) -> dict:
+        """Node types of the graph the plugin runs ({layerType: count}) for an input `shape`
+        ((N, C, H, W); needed when the IR is reshaped per size)."""
+        if self.reshapes:
+            if shape is None:
+                raise ConfigError("runtime_graph needs an input shape: this session compiles per size")
+            import numpy as np
+
+            compiled, _ = self._for_size(np.zeros(shape, np.float32))
+        else:
+            compiled = self._compiled
+        ops = collections.Counter(op.get_rt_info()["layerType"].astype(str)
+                                  for op in compiled.get_runtime_model().get_ops())
+        return dict(sorted(ops.items()))
 
 
 def _port_names(ports) -> list[str]:
@@ -127,7 +174,9 @@ def bench_details(session, options: dict) -> dict:
     compiled = getattr(session, "_compiled", None)
     details = {"device": device, "build": ov.get_version(),
                "device_name": _safe(lambda: core.get_property(device.split(":")[0], "FULL_DEVICE_NAME")),
-               "inference_precision_hint_requested": options["inference_precision"] or "device default"}
+               "inference_precision_hint_requested": options["inference_precision"] or "device default",
+               "shapes": ("static: the dynamic IR reshaped to the input size, compiled at its first "
+                          "inference" if getattr(session, "reshapes", False) else "as the IR declares them")}
     if compiled is not None:
         for key in ("INFERENCE_PRECISION_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT"):
             details[key.lower()] = _safe(lambda k=key: _property_text(compiled.get_property(k)))
