@@ -20,9 +20,15 @@ from __future__ import annotations
 
 import torch
 
-DOMAIN_WEIGHTS, TASK_WEIGHTS = "domain_weights", "task_weights"
-DOMAIN_QUERY, TASK_QUERY = "domain_query", "task_query"
-ROUTING_ENTRIES = (DOMAIN_WEIGHTS, TASK_WEIGHTS)
+from datprl_edge.core.context import (
+    DOMAIN_QUERY,
+    DOMAIN_WEIGHTS,
+    ROUTING_ENTRIES,
+    TASK_QUERY,
+    TASK_WEIGHTS,
+    layout_size,
+    layout_slices,
+)
 
 __all__ = ["Context", "context_layout", "context_size", "layout_slices", "supports_context",
            "ROUTING_ENTRIES", "DOMAIN_WEIGHTS", "TASK_WEIGHTS", "DOMAIN_QUERY", "TASK_QUERY"]
@@ -38,15 +44,7 @@ def context_layout(model) -> list[tuple[str, int]]:
 
 
 def context_size(model) -> int:
-    return sum(n for _, n in context_layout(model))
-
-
-def layout_slices(layout) -> dict[str, slice]:
-    out, start = {}, 0
-    for name, size in layout:
-        out[name] = slice(start, start + int(size))
-        start += int(size)
-    return out
+    return layout_size(context_layout(model))
 
 
 class Context:

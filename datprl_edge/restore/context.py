@@ -21,11 +21,10 @@ import math
 
 import numpy as np
 
+from datprl_edge.core.context import DOMAIN_WEIGHTS, ROUTING_ENTRIES, TASK_WEIGHTS, layout_size, layout_slices
 from datprl_edge.core.errors import ConfigError, UnknownChoiceError
 from datprl_edge.core.tiling import tile_apply
 
-DOMAIN_WEIGHTS, TASK_WEIGHTS = "domain_weights", "task_weights"  # as models.context (no torch here)
-ROUTING_ENTRIES = (DOMAIN_WEIGHTS, TASK_WEIGHTS)
 # Longest side of the image the statistics are taken from: the whole image up to ~1 MP (exact), a box
 # downscale of larger ones (a 4K frame by 4: one extra pass of 6 % of its pixels).
 DEFAULT_STATS_SIZE = 1024
@@ -54,21 +53,9 @@ class RoutingRequest:
         return self.domain is not None or self.task is not None
 
 
-def layout_slices(layout) -> dict:
-    out, start = {}, 0
-    for name, size in layout:
-        out[str(name)] = slice(start, start + int(size))
-        start += int(size)
-    return out
-
-
-def context_size(layout) -> int:
-    return sum(int(n) for _, n in layout)
-
-
 def base_context(layout, request: RoutingRequest | None, table: dict) -> tuple[np.ndarray, np.ndarray]:
     """(context, mix), each (1, K) float32, for a routing request (zeros: the model's own routing)."""
-    k = context_size(layout)
+    k = layout_size(layout)
     given, mix = np.zeros((1, k), np.float32), np.zeros((1, k), np.float32)
     if request is None or not request.active:
         return given, mix
