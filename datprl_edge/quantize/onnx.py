@@ -43,7 +43,7 @@ import warnings
 
 from datprl_edge.core.errors import ConfigError
 from datprl_edge.models.student_blocks import fold_layer_scales, split_gates
-from datprl_edge.quantize.feed import mark
+from datprl_edge.quantize.feed import example_context_size, mark
 from datprl_edge.quantize.scope import PROMPT_PATH, prompt_path_modules
 
 TARGET = "onnx"
@@ -80,13 +80,14 @@ SCHEME = {
 }
 
 
-def quantizer(float_layers=(), model=None):
-    """The composed torchao quantizer: float marker, shared-range pass, XNNPACK, float-edge pass."""
+def quantizer(float_layers=(), model=None, context: bool = False):
+    """The composed torchao quantizer: float marker, shared-range pass, XNNPACK, float-edge pass.
+    `context`: the program takes the context inputs (its channel-attention convs stay float)."""
     from torchao.quantization.pt2e.quantizer import ComposableQuantizer
     from torchao.testing.pt2e._xnnpack_quantizer import XNNPACKQuantizer
 
     scopes = tuple(prompt_path_modules(model)) if model is not None else ()
-    float_layers = tuple(float_layers) + context_float_layers(model)
+    float_layers = tuple(float_layers) + (context_float_layers(model) if context else ())
     config = quantization_config()
     marker = FloatScopeMarker(scopes, tuple(float_layers), prompt_weight_qspec=config.weight)
     with warnings.catch_warnings():  # "XNNPACKQuantizer is deprecated!": see the module docstring
@@ -150,7 +151,9 @@ def prepare(model, example_inputs, float_layers=(), calib=None):
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     gm = export_graph(model, example_inputs)
-    return mark(allow_train_eval(prepare_qat_pt2e(gm, quantizer(float_layers, model))), example_inputs)
+    with_context = example_context_size(example_inputs) > 0
+    prepared = prepare_qat_pt2e(gm, quantizer(float_layers, model, context=with_context))
+    return mark(allow_train_eval(prepared), example_inputs)
 
 
 def export_graph(model, example_inputs):

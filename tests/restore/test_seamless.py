@@ -107,26 +107,49 @@ def artifacts(tmp_path_factory):
     return {r.target: r.path for r in reports}
 
 
+ARTIFACT_CHECK = """
+import json, sys
+import numpy as np
+from skimage import data
+from datprl_edge.restore import driver
+from datprl_edge.restore.runners import open_runner
+
+path, level = sys.argv[1], 255.0
+image = (data.astronaut().astype(np.float32) / 255.0)[:256, :320]
+runner = open_runner(path)
+whole = driver.restore_array(runner, image, 320, 0)
+tiled = driver.restore_array(runner, image, 128, 32)
+torch_tiled = driver.restore_array(open_runner("bundled:edge-xs"), image, 128, 32)
+task = "medical/ct_denoise"
+forced = open_runner(path, task=task, blend=0.7)
+crop = image[:64, :64]
+out = driver.restore_array(forced, crop, 64, 0)
+ref = driver.restore_array(open_runner("bundled:edge-xs", task=task, blend=0.7), crop, 64, 0)
+auto = driver.restore_array(runner, crop, 64, 0)
+domain = driver.restore_array(open_runner(path, domain="remote"), crop, 64, 0)
+print(json.dumps({"seamless": runner.seamless, "gap": float(np.abs(tiled - whole).max() * level),
+                  "vs_torch": float(np.abs(tiled - torch_tiled).max()), "routing": forced.routing,
+                  "tasks": list(forced.tasks), "forced_vs_torch": float(np.abs(out - ref).max()),
+                  "forced_effect": float(np.abs(out - auto).max() * level),
+                  "domain_effect": float(np.abs(domain - out).max())}))
+"""
+
+
 @pytest.mark.parametrize("target", ["onnx", "openvino"])
-def test_artifacts_tile_seam_free_and_force_tasks_like_torch(astronaut, student, artifacts, target):
-    runner = open_runner(artifacts[target])
-    assert runner.seamless
-    image = astronaut[:256, :320]
-    whole = driver.restore_array(runner, image, 320, 0)
-    tiled = driver.restore_array(runner, image, 128, 32)
-    gap = np.abs(tiled - whole) * LEVEL
-    assert gap.max() <= 2.0, gap.max()
-    np.testing.assert_allclose(tiled, driver.restore_array(student, image, 128, 32), atol=2e-4)
-    task = "medical/ct_denoise"
-    forced = open_runner(artifacts[target], task=task, blend=0.7)
-    assert forced.routing == f"task {task}, blend 0.7" and forced.tasks == ()
-    torch_forced = open_runner("bundled:edge-xs", task=task, blend=0.7)
-    crop = image[:64, :64]
-    out = driver.restore_array(forced, crop, 64, 0)
-    np.testing.assert_allclose(out, driver.restore_array(torch_forced, crop, 64, 0), atol=2e-4)
-    assert np.abs(out - driver.restore_array(runner, crop, 64, 0)).max() * LEVEL > 0.5
-    domain = open_runner(artifacts[target], domain="remote")
-    assert np.abs(driver.restore_array(domain, crop, 64, 0) - out).max() > 0
+def test_artifacts_tile_seam_free_and_force_tasks_like_torch(artifacts, target):
+    # In its own process: an OpenVINO runtime used in the test process made a later test that forks
+    # data workers (train-teacher --workers 1) crash there.
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", ARTIFACT_CHECK, str(artifacts[target])], capture_output=True,
+                          text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["seamless"] and r["gap"] <= 2.0 and r["vs_torch"] <= 2e-4, r
+    assert r["routing"] == "task medical/ct_denoise, blend 0.7" and r["tasks"] == [], r
+    assert r["forced_vs_torch"] <= 2e-4 and r["forced_effect"] > 0.5 and r["domain_effect"] > 0, r
 
 
 def test_int8_program_restores_deterministically_and_seam_free(astronaut, tmp_path):
