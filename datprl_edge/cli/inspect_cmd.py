@@ -40,7 +40,13 @@ def run(args) -> int:
 def inspect_model(spec: str, network=None, size=(256, 256), latency=True, iters=10, warmup=2,
                   threads=None) -> dict:
     """Everything `inspect` prints, as a dict (JSON-ready)."""
-    from datprl_edge.models.complexity import count_macs, count_params, measure_latency, stage_params
+    from datprl_edge.models.complexity import (
+        count_macs,
+        count_params,
+        measure_latency,
+        stage_latency,
+        stage_params,
+    )
 
     if iters < 1 or warmup < 0:
         raise ConfigError(f"--iters must be >= 1 and --warmup >= 0, got {iters} and {warmup}")
@@ -67,6 +73,16 @@ def inspect_model(spec: str, network=None, size=(256, 256), latency=True, iters=
         lat = measure_latency(model, shape, warmup=warmup, iters=iters, threads=threads)
         report["latency"] = {"backend": "torch-cpu", **{k: (round(v, 3) if isinstance(v, float) else v)
                                                         for k, v in lat.items()}}
+        per_stage = stage_latency(model, shape, warmup=warmup, iters=iters, threads=threads)
+        total_ms = sum(per_stage.values()) or 1.0
+        known = {s["name"] for s in stages}
+        for s in stages:
+            ms = per_stage.get(s["name"], 0.0)
+            s["latency_ms"], s["latency_share"] = round(ms, 3), round(ms / total_ms, 4)
+        for name, ms in per_stage.items():
+            if name not in known and ms > 0:
+                stages.append({"name": name, "params": 0, "macs": 0, "gmacs": 0.0, "share": 0.0,
+                               "latency_ms": round(ms, 3), "latency_share": round(ms / total_ms, 4)})
     return report
 
 
@@ -127,8 +143,13 @@ def format_report(r: dict) -> str:
                      f"{lat['threads']} thread(s), {lat['iters']} iters after {lat['warmup']} warm-up)")
     else:
         lines.append("latency     not measured (--no-latency)")
-    rows = [("stage", "params", "GMACs", "share")]
+    timed = bool(lat) and any("latency_ms" in s for s in r["stages"])
+    rows = [("stage", "params", "GMACs", "share") + (("ms", "time share") if timed else ())]
     rows += [(s["name"], f"{s['params']:,}", f"{s['gmacs']:.3f}", f"{100 * s['share']:.1f}%")
+             + ((f"{s.get('latency_ms', 0.0):.2f}", f"{100 * s.get('latency_share', 0.0):.1f}%")
+                if timed else ())
              for s in r["stages"]]
-    rows.append(("total", f"{r['params']:,}", f"{r['gmacs']:.3f}", "100.0%"))
+    total_ms = sum(s.get("latency_ms", 0.0) for s in r["stages"])
+    rows.append(("total", f"{r['params']:,}", f"{r['gmacs']:.3f}", "100.0%")
+                + ((f"{total_ms:.2f}", "100.0%") if timed else ()))
     return "\n".join(lines) + "\n\n" + format_table(rows)

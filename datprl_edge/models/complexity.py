@@ -106,6 +106,61 @@ def measure_latency(model, shape=DEFAULT_SHAPE, warmup: int = 2, iters: int = 10
             "threads": used}
 
 
+def stage_latency(model, shape=DEFAULT_SHAPE, warmup: int = 2, iters: int = 10,
+                  threads: int | None = None) -> dict:
+    """Torch CPU wall time per top-level stage (as `count_macs` charges MACs): {stage: median ms
+    over `iters` runs}; time spent in the root module's own code goes to OTHER_STAGE. Hooks cost a
+    few microseconds per submodule, so the stages add up to slightly more than `measure_latency`."""
+    shape = _check_shape(shape)
+    if iters < 1 or warmup < 0:
+        raise ConfigError(f"latency needs iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
+    if _on_meta(model):
+        raise ConfigError("this model has no weights (built on the meta device); it cannot be timed")
+    import torch
+
+    runs: list[dict] = []
+    active: list = []  # (stage, start time); only the outermost stage is charged
+    current: dict = {}
+
+    def pre(name):
+        def hook(_mod, _inp):
+            active.append((name, time.perf_counter()))
+        return hook
+
+    def post(_name):
+        def hook(_mod, _inp, _out):
+            stage, start = active.pop()
+            if not active:
+                current[stage] = current.get(stage, 0.0) + (time.perf_counter() - start) * 1e3
+        return hook
+
+    handles = []
+    for path, mod in model.named_modules():
+        if path:
+            stage = path.split(".", 1)[0]
+            handles.append(mod.register_forward_pre_hook(pre(stage)))
+            handles.append(mod.register_forward_hook(post(stage)))
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(max(1, int(threads)))
+    try:
+        x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            for i in range(warmup + iters):
+                current.clear()
+                t0 = time.perf_counter()
+                model(x)
+                total = (time.perf_counter() - t0) * 1e3
+                if i >= warmup:
+                    runs.append({**current, OTHER_STAGE: max(0.0, total - sum(current.values()))})
+    finally:
+        torch.set_num_threads(old_threads)
+        for h in handles:
+            h.remove()
+    names = [name for name, _ in model.named_children()] + [OTHER_STAGE]
+    return {n: statistics.median(r.get(n, 0.0) for r in runs) for n in names}
+
+
 def _count(model, shape, meta: bool) -> MacCount:
     import torch
     from torch.utils.flop_counter import FlopCounterMode

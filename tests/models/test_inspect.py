@@ -119,3 +119,19 @@ def test_inspect_module_is_torch_free():
     code = "import sys, datprl_edge.cli.inspect_cmd; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_stage_latency_covers_every_stage(capsys):
+    from datprl_edge.models.complexity import OTHER_STAGE, stage_latency
+
+    model = create_model("edge-xs")
+    threads = torch.get_num_threads()
+    per_stage = stage_latency(model, (1, 3, 32, 32), warmup=0, iters=2, threads=1)
+    assert list(per_stage) == [n for n, _ in model.named_children()] + [OTHER_STAGE]
+    assert per_stage["encoders"] > 0 and per_stage["decoders"] > 0 and torch.get_num_threads() == threads
+    code, out, err = run_cli(capsys, "inspect", "edge-xs", "--json", "--size", "32", "--iters", "2",
+                             "--warmup", "0", "--threads", "1")
+    assert code == 0, err
+    stages = {s["name"]: s for s in json.loads(out)["stages"]}
+    assert stages["decoders"]["latency_ms"] > 0
+    assert abs(sum(s["latency_share"] for s in stages.values()) - 1) < 0.01
