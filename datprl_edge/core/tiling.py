@@ -24,7 +24,7 @@ import numpy as np
 
 from datprl_edge.core.errors import ConfigError
 
-__all__ = ["tile_apply", "tile_mean", "plan_axis", "plan_tiles", "ramp_window", "TilePlan"]
+__all__ = ["tile_apply", "plan_axis", "plan_tiles", "ramp_window", "TilePlan"]
 PAD_MODES = ("constant", "symmetric", "reflect", "edge")
 
 
@@ -144,28 +144,6 @@ def tile_apply(fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray, tile=5
             progress(done, total)
     out /= weight
     return restore_layout(out)
-
-
-def tile_mean(fn: Callable[[np.ndarray], np.ndarray], nchw: np.ndarray, plan: TilePlan, *,
-              pad_mode: str = "constant", progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """The mean of `fn(tile)` ((N, K) per tile) over the tiles of `plan`, each weighted by its share
-    of the image (the sum of its blend window inside the image, as `tile_apply` blends): a per-image
-    statistic gathered tile by tile. (N, C, H, W) in, (N, K) float64 out."""
-    th, tw = plan.tile_h, plan.tile_w
-    wy, wx = _axis_windows(plan.ys, th), _axis_windows(plan.xs, tw)
-    total, weight, offsets = None, 0.0, list(plan.offsets())
-    for i, (y, x) in enumerate(offsets):
-        ye, xe = min(y + th, plan.height), min(x + tw, plan.width)
-        share = float(wy[y][:ye - y].sum()) * float(wx[x][:xe - x].sum())
-        value = np.asarray(fn(_tile(nchw, y, x, th, tw, pad_mode)), dtype=np.float64)
-        if value.ndim != 2 or value.shape[0] != nchw.shape[0]:
-            raise ConfigError(f"the statistics function returned shape {value.shape} for {nchw.shape[0]} "
-                              "image(s): it must give one (N, K) row per image")
-        total = value * share if total is None else total + value * share
-        weight += share
-        if progress is not None:
-            progress(i + 1, len(offsets))
-    return total / weight
 
 
 def _tile(nchw, y, x, th, tw, pad_mode) -> np.ndarray:

@@ -68,7 +68,7 @@ def base_context(layout, request: RoutingRequest | None, table: dict) -> tuple[n
         w = np.asarray(weights, np.float64)
         if w.shape != (s.stop - s.start,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
             raise ConfigError(f"the routing table's {entry} for this request do not fit the model "
-                              f"({w.shape[0]} weights for a pool of {s.stop - s.start}); re-export the model")
+                              f"({w.size} weights for a pool of {s.stop - s.start}); re-export the model")
         given[0, s] = (w / w.sum()).astype(np.float32)
         mix[0, s] = float(request.blend)
     return given, mix
@@ -92,8 +92,8 @@ def forced_weights(request: RoutingRequest, table: dict) -> dict:
 
 
 def fixed_context(layout, stats: np.ndarray, given: np.ndarray, mix: np.ndarray):
-    """(context, mix) of the final pass: the averaged statistics with mix 1, and the request's routing
-    (given/mix) in the routing entries, where the statistics of the queries decide the automatic part."""
+    """(context, mix) for the tiles: the image's statistics with mix 1, and the request's routing
+    (given/mix) in the routing entries, where the image's query statistics decide the automatic part."""
     ctx, m = stats.astype(np.float32).reshape(1, -1).copy(), np.ones_like(mix)
     for entry, s in layout_slices(layout).items():
         if entry in ROUTING_ENTRIES:
