@@ -157,17 +157,9 @@ class ExportJob:
 def with_context_inputs(module):
     """A student as a module of (image, context, context_mix) -> (restored, context_out), positional
     (the students take the context as keywords after their other options)."""
-    import torch
+    from datprl_edge.quantize.feed import ContextCall
 
-    class ContextProgram(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, image, context, context_mix):
-            return self.inner(image, context=context, context_mix=context_mix)
-
-    return ContextProgram(module).eval()
+    return ContextCall(module).eval()
 
 
 def export_model(model, config: ExportConfig, out_dir, *, progress=None) -> list[ArtifactReport]:
