@@ -73,7 +73,9 @@ def test_shipped_int8_weights_load_and_stay_close_to_the_float_student(target):
     from datprl_edge.data.datasets import validation_set
 
     lq, _ = validation_set("medical/ct_denoise", count=1, size=64, seed=0).tensors()
-    with torch.no_grad(), frozen_observers(result.prepared):
-        int8, fp32 = result.prepared(lq), load_model("bundled:edge-xs")(lq)
+    from datprl_edge.quantize.feed import run_image
+
+    with torch.no_grad(), frozen_observers(result.prepared):  # zero context where the program takes one
+        int8, fp32 = run_image(result.prepared, lq), load_model("bundled:edge-xs")(lq)
     int8, fp32 = (t[0].clamp(0, 1).permute(1, 2, 0).numpy() for t in (int8, fp32))
     assert psnr(fp32, int8) > 35  # INT8 noise against the FP32 output, not a different model
