@@ -198,7 +198,7 @@ def export_model(model, config: ExportConfig, out_dir, *, progress=None) -> list
                 progress(f"folding the prompts for {config.task}")
             float_model, fold_notes = fold_for_task(float_model, config.task, config.calibration)
     images = verification_images(config, channels)
-    routing = _routing_table(float_model, config, progress)
+    routing = _routing_table(float_model, qat, config, progress)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache: dict = {}
     reports, failures = [], []
@@ -326,18 +326,55 @@ def _own_reference(module, x: np.ndarray, job: ExportJob):
     return reference_output(module, x, job.pad_multiple, zeros, zeros)
 
 
-def _routing_table(float_model, config: ExportConfig, progress) -> dict:
+def _routing_table(float_model, qat, config: ExportConfig, progress) -> dict:
     """{"routing_table": JSON} for a model whose prompts are routed (not folded): each task's and
     domain's prompt-pool weights (`fold.routing`), so `restore --task/--domain` can force them through
-    the artifact's context on a device."""
+    the artifact's context on a device. A QAT result alone gives them through its own context output."""
+    from datprl_edge.core.context import ROUTING_ENTRIES
     from datprl_edge.fold.routing import has_routing, routing_table
 
-    if float_model is None or config.task or not has_routing(float_model):
+    layout = [tuple(e) for e in getattr(qat, "context_layout", None) or []]
+    if config.task:
+        return {}
+    if float_model is not None and has_routing(float_model):
+        source = float_model
+    elif float_model is None and all(e in {n for n, _ in layout} for e in ROUTING_ENTRIES):
+        source = _ProgramRouting(qat.prepared, layout, int((qat.base_options or {}).get("img_channel", 3)))
+    else:
         return {}
     if progress:
         progress("tabulating the routing of each task (calibration images)")
-    table = routing_table(float_model, calibration=config.calibration or "all")
+    table = routing_table(source, calibration=config.calibration or "all")
     return {"routing_table": json.dumps(table, separators=(",", ":"))}
+
+
+class _ProgramRouting:
+    """A QAT program seen by `fold.routing`: `conditioning(x)` gives the pool weights its own context
+    output holds (mix 0: the program's own routing)."""
+
+    def __init__(self, program, layout, img_channel: int):
+        from datprl_edge.core.context import layout_slices
+
+        self.program, self.layout, self.slices = program, layout, layout_slices(layout)
+        self.img_channel = img_channel
+
+    def context_layout(self):
+        return self.layout
+
+    def conditioning(self, x):
+        import types
+
+        import torch
+
+        from datprl_edge.quantize.feed import call_with_context
+        from datprl_edge.quantize.scope import frozen_observers
+
+        k = sum(n for _, n in self.layout)
+        zeros = x.new_zeros(x.shape[0], k)
+        with torch.no_grad(), frozen_observers(self.program):
+            _, own = call_with_context(self.program, x, zeros, zeros)
+        return types.SimpleNamespace(domain_weights=own[:, self.slices["domain_weights"]],
+                                     task_weights=own[:, self.slices["task_weights"]])
 
 
 def reference_output(module, x: np.ndarray, pad_multiple: int, context=None, context_mix=None):

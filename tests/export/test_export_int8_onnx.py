@@ -258,3 +258,15 @@ def test_openvino_int8_holds_on_the_non_vnni_path(exported, tmp_path):
         ref = reference_output(qat.prepared, x, 8)
     y = np.load(tmp_path / "y.npy")
     assert 10 * np.log10(1.0 / np.mean((y - ref) ** 2)) >= 40
+
+
+def test_int8_from_a_qat_result_alone_records_its_routing(exported):
+    """No float model: the routing table comes from the QAT program's own context output, so
+    `restore --task/--domain` works on the artifact."""
+    from datprl_edge.fold.routing import parse_routing_table
+
+    out, _, _ = exported
+    table = parse_routing_table(read_artifact_metadata(out / "edge-xs_onnx_int8.onnx")["routing_table"])
+    assert len(table["tasks"]) == 9 and set(table["domains"]) == {"natural", "medical", "remote"}
+    for entry in table["tasks"].values():
+        assert abs(sum(entry["domain_weights"]) - 1) < 1e-3 and abs(sum(entry["task_weights"]) - 1) < 1e-3
