@@ -81,8 +81,25 @@ def test_context_can_be_left_out(untrained_edge_xs):
 
 
 @pytest.mark.parametrize("target", ["onnx", "openvino", "coreml"])
-def test_checkpoints_before_the_context_load_image_only(target):
-    result = load_qat(f"bundled:edge-xs-int8-{target}")
+def test_checkpoints_before_the_context_load_image_only(target, untrained_edge_xs, tmp_path):
+    """A checkpoint saved without the context keys (as every QAT checkpoint before it) rebuilds as an
+    image-only program."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from datprl_edge.io.checkpoint import METADATA_KEY
+
+    path = save_qat(_qat(untrained_edge_xs, target, context=False), tmp_path / "q.safetensors")
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    cfg = json.loads(meta[METADATA_KEY])
+    cfg["options"].pop("with_context", None)
+    cfg["extra"].pop("context_layout", None)
+    old = tmp_path / "old.safetensors"
+    save_file(tensors, str(old), metadata={**meta, METADATA_KEY: json.dumps(cfg)})
+    result = load_qat(old)
     assert result.context_layout == [] and not result.config.context
     x = _images(5)
     with torch.no_grad(), frozen_observers(result.prepared):
