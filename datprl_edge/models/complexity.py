@@ -119,27 +119,12 @@ def stage_latency(model, shape=DEFAULT_SHAPE, warmup: int = 2, iters: int = 10,
     import torch
 
     runs: list[dict] = []
-    active: list = []  # (stage, start time); only the outermost stage is charged
     current: dict = {}
 
-    def pre(name):
-        def hook(_mod, _inp):
-            active.append((name, time.perf_counter()))
-        return hook
+    def charge(stage, start):
+        current[stage] = current.get(stage, 0.0) + (time.perf_counter() - start) * 1e3
 
-    def post(_name):
-        def hook(_mod, _inp, _out):
-            stage, start = active.pop()
-            if not active:
-                current[stage] = current.get(stage, 0.0) + (time.perf_counter() - start) * 1e3
-        return hook
-
-    handles = []
-    for path, mod in model.named_modules():
-        if path:
-            stage = path.split(".", 1)[0]
-            handles.append(mod.register_forward_pre_hook(pre(stage)))
-            handles.append(mod.register_forward_hook(post(stage)))
+    handles = _stage_hooks(model, time.perf_counter, charge)
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(max(1, int(threads)))
@@ -161,34 +146,42 @@ def stage_latency(model, shape=DEFAULT_SHAPE, warmup: int = 2, iters: int = 10,
     return {n: statistics.median(r.get(n, 0.0) for r in runs) for n in names}
 
 
+def _stage_hooks(model, read, charge) -> list:
+    """Forward hooks that charge each top-level stage: `read()` on entering a submodule, and
+    `charge(stage, value read at entry)` on leaving the outermost one. Containers such as ModuleList
+    never run forward themselves, so every submodule is hooked and charged to its top-level
+    ancestor. Returns the hook handles (remove them when done)."""
+    active: list = []
+
+    def pre(name):
+        def hook(_mod, _inp):
+            active.append((name, read()))
+        return hook
+
+    def post(_mod, _inp, _out):
+        stage, start = active.pop()
+        if not active:
+            charge(stage, start)
+
+    handles = []
+    for path, mod in model.named_modules():
+        if path:
+            handles.append(mod.register_forward_pre_hook(pre(path.split(".", 1)[0])))
+            handles.append(mod.register_forward_hook(post))
+    return handles
+
+
 def _count(model, shape, meta: bool) -> MacCount:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     stages = {name: 0 for name, _ in model.named_children()}
-    active = []  # (stage name, flops at entry); only the outermost stage is charged
-    handles = []
 
-    def pre(name):
-        def hook(_mod, _inp):
-            active.append((name, counter.get_total_flops()))
-        return hook
+    def charge(stage, start):
+        stages[stage] += counter.get_total_flops() - start
 
-    def post(name):
-        def hook(_mod, _inp, _out):
-            stage, start = active.pop()
-            if not active:
-                stages[stage] += counter.get_total_flops() - start
-        return hook
-
-    # Containers such as ModuleList never run forward themselves, so every submodule is hooked
-    # and charged to its top-level ancestor.
-    for path, mod in model.named_modules():
-        if path:
-            stage = path.split(".", 1)[0]
-            handles.append(mod.register_forward_pre_hook(pre(stage)))
-            handles.append(mod.register_forward_hook(post(stage)))
+    handles = _stage_hooks(model, counter.get_total_flops, charge)
     try:
         with torch.inference_mode():
             if meta:
