@@ -5,6 +5,7 @@ artifacts that have them. numpy only (no torch).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from datprl_edge.core.artifacts import io_names
+from datprl_edge.core.context import layout_size
 from datprl_edge.core.errors import ArtifactError, ChannelCountError, ConfigError, NonFiniteInputError
 
 
@@ -63,10 +65,10 @@ class ArtifactSession:
                                 f"[{lo}, {hi}]; re-export the artifact")
         return value
 
-    @property
+    @functools.cached_property
     def context_layout(self) -> list[tuple[str, int]]:
         """[(entry name, size), ...] of the artifact's context inputs (models/context.py); [] when it
-        takes the image only."""
+        takes the image only. Parsed once: every inference reads it (zero feeds, input checks)."""
         text = str(self.metadata.get("context_layout", "") or "").strip()
         if not text:
             return []
@@ -90,7 +92,7 @@ class ArtifactSession:
     @property
     def context_size(self) -> int:
         """K, the length of the context vector (0: no context inputs)."""
-        return sum(n for _, n in self.context_layout)
+        return layout_size(self.context_layout)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         x = self._check(x)
