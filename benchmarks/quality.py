@@ -2,9 +2,10 @@
 PSNR/SSIM of the degraded input, every classical baseline, the teacher, the student (and variants),
 gains over the input, harm counts and the targets of issue 13.
 
-    python benchmarks/quality.py [--teacher bundled:teacher-ref] [--student bundled:edge-xs]
+    python benchmarks/quality.py [--teacher bundled:teacher-ref-v2] [--student bundled:edge-xs]
         [--variant NAME=CKPT ...] [--tasks 9task] [--count 16] [--size 256] [--medical-size 384]
         [--bm3d-images N] [--threads 1] [-o benchmarks/results/quality.json]
+    python benchmarks/quality.py --add-to benchmarks/results/quality.json --variant NAME=CKPT ...
 
 Data: `data.pairs.fixed_pairs` on the bundled 'val' images (held-out sources, never trained on):
 `--size` crops; the stochastic medical tasks (CT, PET) at `--medical-size` (the full 384 px slice);
@@ -35,7 +36,7 @@ ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--teacher", default="bundled:teacher-ref")
+    p.add_argument("--teacher", default="bundled:teacher-ref-v2", help="the student's teacher")
     p.add_argument("--student", default="bundled:edge-xs")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=CKPT",
                    help="extra model rows; a variant named 'nokd' is the no-KD student of the KD target")
@@ -49,8 +50,13 @@ def parse_args(argv=None):
     p.add_argument("--bm3d-images", type=int, default=None, help="score BM3D on the first N images only")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-shifted", action="store_true")
-    p.add_argument("-o", "--out", default=str(DEFAULT_OUT))
-    return p.parse_args(argv)
+    p.add_argument("--add-to", metavar="JSON", default=None,
+                   help="score only the --variant models on the sets of an earlier report (same settings) "
+                        "and add their rows to it; the input rows are re-made and must match")
+    p.add_argument("-o", "--out", default=None, help=f"default {DEFAULT_OUT.relative_to(ROOT)} (or --add-to's)")
+    args = p.parse_args(argv)
+    args.out = args.out or args.add_to or str(DEFAULT_OUT)
+    return args
 
 
 def environment(command: str) -> dict:
@@ -67,11 +73,11 @@ def environment(command: str) -> dict:
     return e
 
 
-def load_models(args) -> dict:
+def load_models(args, variants_only: bool = False) -> dict:
     from datprl_edge.core.errors import ConfigError
     from datprl_edge.evaluate.driver import open_model
 
-    specs = {"teacher": args.teacher, "student": args.student}
+    specs = {} if variants_only else {"teacher": args.teacher, "student": args.student}
     for v in args.variant:
         name, sep, path = v.partition("=")
         if not sep or not name or not path:
@@ -133,6 +139,45 @@ def evaluate_task(task, args, models, best, bar, shifted: bool) -> dict:
             entry["vs_best_classical_db"] = _r(entry["psnr"] - out["best_classical_psnr"])
         out["models"][label] = entry
     return out
+
+
+def add_variants(report: dict, args, models: dict, bar) -> None:
+    """Score `models` on the sets of an earlier `report` (re-made from its settings) and add their rows."""
+    from datprl_edge.core.errors import ConfigError
+    from datprl_edge.core.metrics import image_metrics, mean_psnr
+    from datprl_edge.data.tasks import resolve_tasks
+    from datprl_edge.evaluate.harm import harm_stats
+
+    import numpy as np
+
+    st = report["settings"]
+    for key in ("count", "size", "medical_size", "seed"):
+        setattr(args, key, st[key])
+    tasks = resolve_tasks(",".join(st["tasks"]))
+    for name, per_task in report["sets"].items():
+        for task in tasks:
+            row = per_task[task.id]
+            _, _, pairs = make_sets(task, args, name == "shifted")
+            names = [f"{p.source}#{k}" for k, p in enumerate(pairs)]
+            in_p = [image_metrics(p.gt, p.lq, task.grayscale)[0] for p in pairs]
+            if abs(mean_psnr(in_p) - row["input"]["psnr"]) > 1e-3:
+                raise ConfigError(f"{name}/{task.id}: the re-made inputs score {mean_psnr(in_p):.4f} dB, the "
+                                  f"report says {row['input']['psnr']}; the data changed since it was written, "
+                                  "run the whole benchmark again")
+            for label, (spec, runner) in models.items():
+                t0 = time.perf_counter()
+                qs = []
+                for p in pairs:
+                    qs.append(image_metrics(p.gt, runner(p.lq), task.grayscale))
+                    bar.update()
+                ps = [q[0] for q in qs]
+                entry = {"spec": spec, "psnr": _r(mean_psnr(ps)), "ssim": _r(np.mean([q[1] for q in qs]), 5),
+                         "gain_db": _r(mean_psnr(ps) - mean_psnr(in_p)), **harm_stats(ps, in_p, names),
+                         "seconds_per_image": _r((time.perf_counter() - t0) / len(ps), 3),
+                         "per_image_psnr": _rl(ps)}
+                if row["best_classical"]:
+                    entry["vs_best_classical_db"] = _r(entry["psnr"] - row["best_classical_psnr"])
+                row["models"][label] = entry
 
 
 def targets(per_task: dict, has_nokd: bool) -> dict:
@@ -198,6 +243,8 @@ def main(argv=None) -> int:
     command = shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["python", __file__, *argv])
     t_start = time.perf_counter()
     env = environment(command)
+    if args.add_to:
+        return extend_report(args, command, t_start)
     tasks = resolve_tasks(args.tasks)
     models = load_models(args)
     selection = {}
@@ -241,6 +288,39 @@ def main(argv=None) -> int:
     write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
     print("\n".join(summary_lines(report)))
     print(f"wrote {args.out} ({report['wall_seconds']} s)")
+    return 0
+
+
+def extend_report(args, command: str, t_start: float) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from datprl_edge.core.errors import ConfigError
+    from datprl_edge.io.atomic import write_text_atomic
+
+    if not args.variant:
+        raise ConfigError("--add-to adds --variant NAME=CKPT rows; give at least one")
+    try:
+        report = json.loads(Path(args.add_to).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read the report {args.add_to}: {err}") from None
+    if report.get("schema") != SCHEMA:
+        raise ConfigError(f"{args.add_to} is not a {SCHEMA} report")
+    models = load_models(args, variants_only=True)
+    st = report["settings"]
+    total = len(report["sets"]) * len(st["tasks"]) * st["count"] * len(models)
+    with tqdm(total=total, desc="quality (added rows)", unit="img") as bar:
+        add_variants(report, args, models, bar)
+    has_nokd = all("variant:nokd" in v["models"] for per in report["sets"].values() for v in per.values())
+    report["targets"] = {name: targets(per_task, has_nokd) for name, per_task in report["sets"].items()}
+    report["targets_all_met"] = all(t["met"] for tg in report["targets"].values() for t in tg.values())
+    report.setdefault("added", []).append({"command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                           "wall_seconds": _r(time.perf_counter() - t_start, 1),
+                                           "models": sorted(models), "load_average_end": env_load()})
+    write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
+    print("\n".join(summary_lines(report)))
+    print(f"wrote {args.out} (added {', '.join(sorted(models))})")
     return 0
 
 

@@ -108,6 +108,10 @@ class QualityBudgetError(DatprlEdgeError):
     """A quality budget (`--max-drop`) that the result does not meet."""
 
 
+class TrainingDivergedError(DatprlEdgeError):
+    """Training kept producing a non-finite loss or gradient; the last checkpoint is left intact."""
+
+
 class BenchmarkError(DatprlEdgeError):
     """Some measurements of a benchmark failed; the others are in its report."""
 

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -118,6 +119,7 @@ def _train(obj, cfg: TrainConfig, data, run_dir, stage, resume, provenance, step
     bar = tqdm(total=cfg.steps, initial=start, disable=not (env.is_main and cfg.progress),
                dynamic_ncols=True, unit="step")
     t0, done_here = time.perf_counter(), 0
+    guard = _NonFiniteGuard()
     budget = _Budget(cfg.time_budget, t0, cfg.steps, env.distributed)
     net.train()
     done = start
@@ -137,13 +139,15 @@ def _train(obj, cfg: TrainConfig, data, run_dir, stage, resume, provenance, step
                         loss, parts = obj.loss(out, aux, batch)
                     (loss / cfg.accum_steps).backward()
                 _accumulate(stats, parts, loss, out, batch["gt"], cfg.accum_steps)
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            sched.step()
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+            if guard.ok(bool(torch.isfinite(norm)), step):
+                opt.step()
+                if ema is not None:
+                    ema.update_parameters(obj.model)
+            with warnings.catch_warnings():  # "scheduler before optimizer" when the first update was skipped
+                warnings.simplefilter("ignore", UserWarning)
+                sched.step()
             opt.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update_parameters(obj.model)
             done_here += 1
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
@@ -152,6 +156,7 @@ def _train(obj, cfg: TrainConfig, data, run_dir, stage, resume, provenance, step
                 bar.set_postfix(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.2f}")
                 if env.is_main and run_dir is not None:
                     rec = {"step": done, **{k: round(v, 6) for k, v in stats.items()},
+                           **({"nonfinite_skipped": guard.skipped} if guard.skipped else {}),
                            "lr": sched.get_last_lr()[0], "sec_per_step": round(spent / done_here, 4),
                            "wall_s": round(wall0 + spent, 2)}
                     _append_jsonl(run_dir / "train.jsonl", rec)
@@ -311,6 +316,32 @@ class _Budget:
 
 def _micro_seed(seed: int, step: int, micro: int) -> int:
     return (seed * 1_000_003 + step * 8191 + micro * 131 + 17) % (2 ** 63)
+
+
+class _NonFiniteGuard:
+    """Skips an update whose gradient is not finite (the weights and their EMA stay as they were, so
+    no checkpoint can hold NaN); `LIMIT` such steps in a row end the run."""
+
+    LIMIT = 20
+
+    def __init__(self):
+        self.skipped = self.in_a_row = 0
+
+    def ok(self, finite: bool, step: int) -> bool:
+        if finite:
+            self.in_a_row = 0
+            return True
+        self.skipped += 1
+        self.in_a_row += 1
+        if self.in_a_row >= self.LIMIT:
+            from datprl_edge.core.errors import TrainingDivergedError
+
+            raise TrainingDivergedError(
+                f"training diverged at step {step + 1}: {self.in_a_row} steps in a row with a non-finite loss or "
+                "gradient (none of them applied; the run folder keeps its last checkpoint); resume with a "
+                "lower --lr or --grad-clip")
+        tqdm.write(f"step {step + 1}: non-finite loss or gradient, update skipped ({self.skipped} so far)")
+        return False
 
 
 def _accumulate(stats, parts, loss, out, gt, accum):

@@ -210,3 +210,30 @@ def test_quality_targets_logic():
     assert t["mean_gain_ge_1.5_db"]["met"] is False and t["ct_ge_2_db"]["met"] is True
     assert t["sr_ge_0.8_db_over_bicubic"]["met"] is True and t["within_0.5_db_of_teacher"]["met"] is True
     assert "ge_0.2_db_over_nokd" not in t
+
+
+def test_quality_add_to_reproduces_rows(tmp_path):
+    """Rows added to an earlier report are scored on the same re-made sets: the bundled student added as
+    a variant gets exactly the student's row."""
+    import importlib.util
+    import json
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "quality.py"
+    spec = importlib.util.spec_from_file_location("quality_add", path)
+    q = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(q)
+    out = tmp_path / "q.json"
+    small = ["--tasks", "natural/derain", "--count", "2", "--size", "48", "--no-shifted",
+             "--select-count", "1", "--select-size", "32", "--teacher", "bundled:edge-xs"]
+    assert q.main([*small, "-o", str(out)]) == 0
+    student = Path(__file__).resolve().parents[2] / "datprl_edge" / "weights" / "edge-xs.safetensors"
+    assert q.main(["--add-to", str(out), "--variant", f"nokd={student}"]) == 0
+    rep = json.loads(out.read_text())
+    row = rep["sets"]["val"]["natural/derain"]["models"]
+    assert row["variant:nokd"]["per_image_psnr"] == row["student"]["per_image_psnr"]
+    assert rep["targets"]["val"]["ge_0.2_db_over_nokd"] == {"met": False, "student_minus_nokd_db": 0.0}
+    assert len(rep["added"]) == 1
+    from datprl_edge.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="give at least one"):
+        q.main(["--add-to", str(out)])

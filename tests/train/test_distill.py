@@ -131,3 +131,33 @@ def test_bf16_autocast_and_channels_last_path_runs_on_cpu(tmp_path):
     res = distill(tiny_teacher(), create_model("edge-xs"), config, make_data(), tmp_path / "r")
     assert all(torch.isfinite(p).all() for p in res.model.parameters())
     assert res.model.intro.weight.is_contiguous()  # the exported model is back in the default layout
+
+
+def test_non_finite_steps_are_skipped_and_a_divergence_ends_the_run(tmp_path, monkeypatch):
+    """A batch with a non-finite loss changes no weight (a NaN update would poison every later checkpoint);
+    too many in a row end the run with one clear error, the last checkpoint intact."""
+    from datprl_edge.core.errors import TrainingDivergedError
+    from datprl_edge.train import engine
+
+    data_nan = make_data()
+    lq, gt = data_nan.load(np.arange(16))
+    lq[[0, 2, 4]] = float("nan")
+    val = {t: data_nan.validation(2, CROP)[t] for t in TASKS}
+    bad = TrainData.from_arrays(TASKS, np.arange(16) % 2, lq.permute(0, 2, 3, 1).numpy(),
+                                gt.permute(0, 2, 3, 1).numpy(), val, description="nan-items")
+    c = cfg(steps=6, output_weight=0, feature_weight=0, routing_weight=0)
+    res = distill(None, create_model("edge-xs"), c, bad, tmp_path / "run")
+    logs = [json.loads(line) for line in (tmp_path / "run/train.jsonl").read_text().splitlines()]
+    assert logs[-1]["nonfinite_skipped"] >= 1
+    assert torch.isfinite(flat(res.model)).all()
+    assert torch.isfinite(flat(load_model(tmp_path / "run/model.safetensors"))).all()
+
+    lq_all = lq.clone()
+    lq_all[:] = float("nan")
+    worse = TrainData.from_arrays(TASKS, np.arange(16) % 2, lq_all.permute(0, 2, 3, 1).numpy(),
+                                  gt.permute(0, 2, 3, 1).numpy(), val, description="all-nan")
+    monkeypatch.setattr(engine._NonFiniteGuard, "LIMIT", 3)
+    with pytest.raises(TrainingDivergedError, match="diverged at step 3: 3 steps in a row"):
+        distill(None, create_model("edge-xs"), cfg(steps=6, output_weight=0, feature_weight=0,
+                                                   routing_weight=0), worse, tmp_path / "div")
+    assert not (tmp_path / "div" / "model.safetensors").exists()
