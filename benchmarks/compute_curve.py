@@ -30,6 +30,7 @@ from datprl_edge.train.compute_fit import curve_points, extrapolate, stage_pixel
 TARGETS = {"teacher_gap_db": ("power", 0.5), "mean_gain_db": ("log", 1.5),
            "natural/sr_x4_gain_db": ("log", 0.8), "remote/sr_x4_gain_db": ("log", 0.8),
            "medical/ct_denoise_gain_db": ("log", 2.0)}
+GAIN_COLOURS = (("mean_gain_db", "C0"), ("natural/sr_x4_gain_db", "C1"), ("remote/sr_x4_gain_db", "C2"))
 
 
 def parse_args(argv=None):
@@ -52,8 +53,8 @@ def figures(per_task: dict, row: str) -> dict:
            "mean_gain_db": float(np.mean([x["gain_db"] for x in m.values()])),
            "teacher_gap_db": float(np.mean([v["models"]["teacher"]["psnr"] - m[t]["psnr"]
                                             for t, v in per_task.items()]))}
-    out.update({f"{t}_gain_db": m[t]["gain_db"] for t in ("natural/sr_x4", "remote/sr_x4", "medical/ct_denoise")
-                if t in m})
+    tasks = ("natural/sr_x4", "remote/sr_x4", "medical/ct_denoise")
+    out.update({f"{t}_gain_db": m[t]["gain_db"] for t in tasks if t in m})
     return out
 
 
@@ -68,11 +69,10 @@ def plot(chains: dict, fits: dict, pixels: list, out_png: Path) -> None:
     for k, (label, pts) in enumerate(chains.items()):
         style = "-" if k == 0 else "--"
         ax_gap.plot(pixels, [p["teacher_gap_db"] for p in pts], "o" + style, label=label)
-        for key, colour in (("mean_gain_db", "C0"), ("natural/sr_x4_gain_db", "C1"), ("remote/sr_x4_gain_db", "C2")):
+        for key, colour in GAIN_COLOURS:
             ax_gain.plot(pixels, [p[key] for p in pts], "o" + style, color=colour,
                          label=f"{label}: {key.replace('_gain_db', '')}")
-    for key, ax, colour in (("teacher_gap_db", ax_gap, "C0"), ("mean_gain_db", ax_gain, "C0"),
-                            ("natural/sr_x4_gain_db", ax_gain, "C1"), ("remote/sr_x4_gain_db", ax_gain, "C2")):
+    for key, ax, colour in [("teacher_gap_db", ax_gap, "C0")] + [(k, ax_gain, c) for k, c in GAIN_COLOURS]:
         f = fits[first][key]
         if f["params"] is None:
             continue
@@ -89,7 +89,8 @@ def plot(chains: dict, fits: dict, pixels: list, out_png: Path) -> None:
         ax.set_xlabel("training pixels seen (steps x batch x crop^2)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
-    ax_gap.set_title("dotted: fit of the first chain, extended to its target (thin line)", fontsize=8, loc="left")
+    ax_gap.set_title("dotted: fit of the first chain, extended to its target (thin line)",
+                     fontsize=8, loc="left")
     fig.tight_layout()
     tmp = out_png.with_name(out_png.name + ".tmp.png")
     fig.savefig(tmp, dpi=100)
@@ -126,13 +127,13 @@ def main(argv=None) -> int:
     for per in fits.values():
         for f in per.values():
             at = f["compute_at_target"]
-            f["more_cpu_hours"] = None if at is None else round(max(at - pixels[-1], 0) * sec_per_px / 3600, 1)
+            more = None if at is None else max(at - pixels[-1], 0) * sec_per_px / 3600
+            f["more_cpu_hours"] = None if more is None else round(more, 1)
     out = Path(args.out)
     png = out.with_suffix(".png")
     plot(chains, fits, pixels, png)
     result = {"command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "quality_report": {"path": str(Path(args.quality).relative_to(ROOT)) if Path(args.quality).resolve()
-                                 .is_relative_to(ROOT) else args.quality, "created": report["created"],
+              "quality_report": {"path": _shown(Path(args.quality)), "created": report["created"],
                                  "set": args.set},
               "stages": [{"steps": s, "batch": b, "crop": c, "pixels_after": p}
                          for (s, b, c), p in zip(stages, pixels)],
@@ -154,6 +155,11 @@ def main(argv=None) -> int:
             print(f"{head}, the trend does not reach it")
     print(f"wrote {out} and {png.name}")
     return 0
+
+
+def _shown(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 if __name__ == "__main__":

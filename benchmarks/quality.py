@@ -53,7 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--add-to", metavar="JSON", default=None,
                    help="score only the --variant models on the sets of an earlier report (same settings) "
                         "and add their rows to it; the input rows are re-made and must match")
-    p.add_argument("-o", "--out", default=None, help=f"default {DEFAULT_OUT.relative_to(ROOT)} (or --add-to's)")
+    p.add_argument("-o", "--out", default=None,
+                   help=f"default {DEFAULT_OUT.relative_to(ROOT)} (or --add-to's)")
     args = p.parse_args(argv)
     args.out = args.out or args.add_to or str(DEFAULT_OUT)
     return args
@@ -143,12 +144,12 @@ def evaluate_task(task, args, models, best, bar, shifted: bool) -> dict:
 
 def add_variants(report: dict, args, models: dict, bar) -> None:
     """Score `models` on the sets of an earlier `report` (re-made from its settings) and add their rows."""
+    import numpy as np
+
     from datprl_edge.core.errors import ConfigError
     from datprl_edge.core.metrics import image_metrics, mean_psnr
     from datprl_edge.data.tasks import resolve_tasks
     from datprl_edge.evaluate.harm import harm_stats
-
-    import numpy as np
 
     st = report["settings"]
     for key in ("count", "size", "medical_size", "seed"):
@@ -161,9 +162,9 @@ def add_variants(report: dict, args, models: dict, bar) -> None:
             names = [f"{p.source}#{k}" for k, p in enumerate(pairs)]
             in_p = [image_metrics(p.gt, p.lq, task.grayscale)[0] for p in pairs]
             if abs(mean_psnr(in_p) - row["input"]["psnr"]) > 1e-3:
-                raise ConfigError(f"{name}/{task.id}: the re-made inputs score {mean_psnr(in_p):.4f} dB, the "
-                                  f"report says {row['input']['psnr']}; the data changed since it was written, "
-                                  "run the whole benchmark again")
+                raise ConfigError(f"{name}/{task.id}: the re-made inputs score {mean_psnr(in_p):.4f} dB, "
+                                  f"the report says {row['input']['psnr']}; the data changed since it was "
+                                  "written, run the whole benchmark again")
             for label, (spec, runner) in models.items():
                 t0 = time.perf_counter()
                 qs = []
@@ -315,9 +316,10 @@ def extend_report(args, command: str, t_start: float) -> int:
     has_nokd = all("variant:nokd" in v["models"] for per in report["sets"].values() for v in per.values())
     report["targets"] = {name: targets(per_task, has_nokd) for name, per_task in report["sets"].items()}
     report["targets_all_met"] = all(t["met"] for tg in report["targets"].values() for t in tg.values())
-    report.setdefault("added", []).append({"command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                           "wall_seconds": _r(time.perf_counter() - t_start, 1),
-                                           "models": sorted(models), "load_average_end": env_load()})
+    report.setdefault("added", []).append({
+        "command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "wall_seconds": _r(time.perf_counter() - t_start, 1), "models": sorted(models),
+        "load_average_end": env_load()})
     write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
     print("\n".join(summary_lines(report)))
     print(f"wrote {args.out} (added {', '.join(sorted(models))})")

@@ -337,9 +337,9 @@ class _NonFiniteGuard:
             from datprl_edge.core.errors import TrainingDivergedError
 
             raise TrainingDivergedError(
-                f"training diverged at step {step + 1}: {self.in_a_row} steps in a row with a non-finite loss or "
-                "gradient (none of them applied; the run folder keeps its last checkpoint); resume with a "
-                "lower --lr or --grad-clip")
+                f"training diverged at step {step + 1}: {self.in_a_row} steps in a row with a non-finite "
+                "loss or gradient (none of them applied; the run folder keeps its last checkpoint); "
+                "resume with a lower --lr or --grad-clip")
         tqdm.write(f"step {step + 1}: non-finite loss or gradient, update skipped ({self.skipped} so far)")
         return False
 
