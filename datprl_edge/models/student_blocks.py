@@ -85,6 +85,7 @@ class EdgeBlock(nn.Module):
         self.beta = nn.Parameter(torch.full((1, c, 1, 1), float(layer_scale_init)))
         self.gamma = nn.Parameter(torch.full((1, c, 1, 1), float(layer_scale_init)))
         self.context_key = ""  # this block's entry in the model's context (set by the model)
+        self.bound = None  # clamp of the output (models.bounds), None: unbounded
 
     def forward(self, x: torch.Tensor, prompt: torch.Tensor | None = None, ctx=None) -> torch.Tensor:
         h = x if self.film is None else self.film(x, prompt)
@@ -99,7 +100,8 @@ class EdgeBlock(nn.Module):
             h = h * self.sca(pooled)
         y = x + _scaled(self.beta, self.conv3(h))
         f = self.conv4.a(y) * self.conv4.b(y) if isinstance(self.conv4, Halves) else self.gate(self.conv4(y))
-        return y + _scaled(self.gamma, self.conv5(f))
+        out = y + _scaled(self.gamma, self.conv5(f))
+        return out if self.bound is None else out.clamp(-self.bound, self.bound)
 
 
 def _scaled(scale, x):

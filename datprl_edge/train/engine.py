@@ -27,6 +27,7 @@ from tqdm import tqdm
 from datprl_edge.core.metrics import PSNR_CAP_DB, psnr_from_mse
 from datprl_edge.io.atomic import write_text_atomic
 from datprl_edge.train import distributed as D
+from datprl_edge.train.bounds import bound_student
 from datprl_edge.train.checkpointing import (
     RunState,
     load_state,
@@ -192,6 +193,8 @@ def _train(obj, cfg: TrainConfig, data, run_dir, stage, resume, provenance, step
     seconds = time.perf_counter() - t0
     final, raw = _export(obj, ema)
     metrics, ckpt = {}, None
+    if env.is_main:
+        bound_student([final, raw], data, cfg.batch_size, cfg.seed, cfg.curriculum)
     if env.is_main:
         metrics = evaluate(final.to(dev), val_sets, dev, data.prompt_ids_fn(cfg.prompt_mode))
         history.append({"step": cfg.steps, "wall_s": round(wall0 + seconds, 2), **metrics})

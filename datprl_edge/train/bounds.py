@@ -1,0 +1,27 @@
+"""A distilled student's activation bounds (`models.bounds`), set from training crops at the end of a
+run, or afterwards for a checkpoint trained before bounds existed (`scripts/bound_student.py`)."""
+
+from __future__ import annotations
+
+from datprl_edge.models.bounds import DEFAULT_MARGIN, edge_blocks, measure_block_bounds, set_block_bounds
+
+BOUND_BATCHES = 8  # training batches the bounds are measured on
+
+
+def bound_student(models, data, batch_size: int, seed: int = 0, curriculum: str = "mixed",
+                  batches: int = BOUND_BATCHES, margin: float = DEFAULT_MARGIN):
+    """Measure the bounds on the first model over `batches` training batches of `data` (a
+    `train.data.TrainData`) and set them on every model; returns them (None: no gated blocks)."""
+    from datprl_edge.train.curriculum import Curriculum
+    from datprl_edge.train.loader import BatchPlan, make_batch
+
+    models = list(models)
+    if not edge_blocks(models[0]):
+        return None
+    plan = BatchPlan(data, Curriculum(curriculum, data.task_of_item, batches, seed), batch_size,
+                     slice(0, batch_size))
+    crops = [make_batch(data, plan, s)["lq"] for s in range(batches)]
+    bounds = measure_block_bounds(models[0], crops, margin)
+    for m in models:
+        set_block_bounds(m, bounds)
+    return bounds
