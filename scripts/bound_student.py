@@ -34,6 +34,7 @@ def main(argv=None) -> int:
     from datprl_edge.train.bounds import bound_student
     from datprl_edge.train.data import build_train_data
 
+    old_sha = sha256_file(args.checkpoint)
     state, cfg = read_checkpoint(args.checkpoint)
     model = load_model(args.checkpoint)
     data = build_train_data(args.data, args.crop, 0, args.seed, severity="random")
@@ -53,6 +54,10 @@ def main(argv=None) -> int:
             "values": bounds, "command": command,
             "what": "each gated block's output clamped to +-bound: 2x its largest output on 8 training "
                     "batches (random severity); weights unchanged (models.bounds)"})
+        for other in manifest["files"].values():  # QAT strips the bounds: the same program either way
+            if other.get("base_sha256") == old_sha:
+                other["base_sha256"] = entry["sha256"]
+                other["base_note"] = f"made from the same weights before block_bounds (sha256 {old_sha})"
         write_text_atomic(manifest_path, json.dumps(manifest, indent=1) + "\n")
     print(f"{dest}: block bounds {bounds}")
     return 0
