@@ -40,26 +40,27 @@ def main(argv=None) -> int:
     data = build_train_data(args.data, args.crop, 0, args.seed, severity="random")
     bounds = bound_student([model], data, args.batch, args.seed)
     if bounds is None:
-        print(f"{args.checkpoint.name}: no gated blocks, nothing to bound", file=sys.stderr)
+        print(f"{args.checkpoint.name}: not an edge student (no act_bounds option)", file=sys.stderr)
         return 2
     command = shlex.join(["python", "scripts/bound_student.py", *(sys.argv[1:] if argv is None else argv)])
-    cfg = dataclasses.replace(cfg, options={**cfg.options, "block_bounds": bounds},
-                              provenance={**cfg.provenance, "block_bounds": command})
+    cfg = dataclasses.replace(cfg, options={**cfg.options, "act_bounds": bounds},
+                              provenance={**cfg.provenance, "act_bounds": command})
     dest = save_checkpoint(args.checkpoint, state, cfg)
     manifest_path = WEIGHTS / "MANIFEST.json"
     if dest.resolve().parent == WEIGHTS.resolve():
         manifest = json.loads(manifest_path.read_text())
         entry = manifest["files"][dest.name]
-        entry.update(bytes=dest.stat().st_size, sha256=sha256_file(dest), block_bounds={
-            "values": bounds, "command": command,
-            "what": "each gated block's output clamped to +-bound: 2x its largest output on 8 training "
-                    "batches (random severity); weights unchanged (models.bounds)"})
+        entry.update(bytes=dest.stat().st_size, sha256=sha256_file(dest), act_bounds={
+            "layers": len(bounds), "command": command,
+            "what": "each conv's output clamped to +-(its largest |output| on 16 training batches of 8 "
+                    "crops, random severity); weights unchanged (models.bounds; values in the "
+                    "checkpoint's options.act_bounds)"})
         for other in manifest["files"].values():  # QAT strips the bounds: the same program either way
             if other.get("base_sha256") == old_sha:
                 other["base_sha256"] = entry["sha256"]
-                other["base_note"] = f"made from the same weights before block_bounds (sha256 {old_sha})"
+                other["base_note"] = f"made from the same weights before act_bounds (sha256 {old_sha})"
         write_text_atomic(manifest_path, json.dumps(manifest, indent=1) + "\n")
-    print(f"{dest}: block bounds {bounds}")
+    print(f"{dest}: bounds on {len(bounds)} convs, {min(bounds.values()):.3g}..{max(bounds.values()):.3g}")
     return 0
 
 

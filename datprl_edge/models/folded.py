@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from datprl_edge.core.errors import ConfigError
-from datprl_edge.models.bounds import set_block_bounds
+from datprl_edge.models.bounds import bounded_layers, set_act_bounds
 from datprl_edge.models.context import check_context
 from datprl_edge.models.folded_prompt import FoldedFiLM, FoldedPromptPool, assign, conv1x1_matrix
 from datprl_edge.models.registry import register_arch
@@ -35,9 +35,11 @@ _PROMPT_OPTIONS = ("domain_pool_size", "degradation_pool_size", "domain_prompt_d
 class EdgeDATPRLStatic(nn.Module):
     """The edge student for fixed task prompt(s): same backbone and state-dict names, no prompt path."""
 
+    accepts_act_bounds = True
+
     def __init__(self, img_channel=3, width=16, enc_blk_nums=(1, 1, 1), middle_blk_num=1,
                  dec_blk_nums=(1, 1, 1), dw_expand=2, ffn_expand=2, use_sca=True, layer_scale_init=0.1,
-                 tasks=(), block_bounds=None, **prompt_options):
+                 tasks=(), act_bounds=None, **prompt_options):
         super().__init__()
         unknown = sorted(set(prompt_options) - set(_PROMPT_OPTIONS))
         if unknown:
@@ -64,8 +66,9 @@ class EdgeDATPRLStatic(nn.Module):
                                       for i, n in enumerate(dec_blk_nums))
         self.ending = nn.Conv2d(width, img_channel, 3, padding=1)
         name_context_blocks(self)
-        if block_bounds is not None:
-            set_block_bounds(self, block_bounds)
+        if act_bounds is not None:  # the student's, less the prompt path's convs this model lacks
+            layers = bounded_layers(self)
+            set_act_bounds(self, {k: v for k, v in act_bounds.items() if k in layers})
 
     # The student's padding (trace-aware), encoder and decoder, shared as plain functions.
     _pad = EdgeDATPRL._pad

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from datprl_edge.core.errors import ChannelCountError, ConfigError
-from datprl_edge.models.bounds import set_block_bounds
+from datprl_edge.models.bounds import set_act_bounds
 from datprl_edge.models.context import (
     DOMAIN_QUERY,
     DOMAIN_WEIGHTS,
@@ -56,11 +56,13 @@ class PromptConditioning(NamedTuple):
 
 
 class EdgeDATPRL(nn.Module):
+    accepts_act_bounds = True  # models.bounds: the option act_bounds
+
     def __init__(self, img_channel=3, width=16, enc_blk_nums=(1, 1, 1), middle_blk_num=1,
                  dec_blk_nums=(1, 1, 1), dw_expand=2, ffn_expand=2, use_sca=True, layer_scale_init=0.1,
                  domain_pool_size=15, degradation_pool_size=15, domain_prompt_dim=32,
                  degradation_prompt_dim=32, domain_top_k=5, degradation_top_k=3, value_num_tokens=2,
-                 block_bounds=None):
+                 act_bounds=None):
         super().__init__()
         _check_options(img_channel, width, enc_blk_nums, dec_blk_nums, middle_blk_num,
                        (domain_pool_size, domain_top_k, "domain"),
@@ -97,8 +99,8 @@ class EdgeDATPRL(nn.Module):
         self.apply(_variance_preserving_init)
         with torch.no_grad():  # start near the identity (global residual), not at random noise
             self.ending.weight.mul_(0.1)
-        if block_bounds is not None:
-            set_block_bounds(self, block_bounds)
+        if act_bounds is not None:
+            set_act_bounds(self, act_bounds)
 
     # -- public API -------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from datprl_edge.core.errors import ConfigError
+from datprl_edge.models.bounds import set_act_bounds
 
 
 class FiLMTerms(NamedTuple):
@@ -85,7 +86,6 @@ class EdgeBlock(nn.Module):
         self.beta = nn.Parameter(torch.full((1, c, 1, 1), float(layer_scale_init)))
         self.gamma = nn.Parameter(torch.full((1, c, 1, 1), float(layer_scale_init)))
         self.context_key = ""  # this block's entry in the model's context (set by the model)
-        self.bound = None  # clamp of the output (models.bounds), None: unbounded
 
     def forward(self, x: torch.Tensor, prompt: torch.Tensor | None = None, ctx=None) -> torch.Tensor:
         h = x if self.film is None else self.film(x, prompt)
@@ -100,8 +100,7 @@ class EdgeBlock(nn.Module):
             h = h * self.sca(pooled)
         y = x + _scaled(self.beta, self.conv3(h))
         f = self.conv4.a(y) * self.conv4.b(y) if isinstance(self.conv4, Halves) else self.gate(self.conv4(y))
-        out = y + _scaled(self.gamma, self.conv5(f))
-        return out if self.bound is None else out.clamp(-self.bound, self.bound)
+        return y + _scaled(self.gamma, self.conv5(f))
 
 
 def _scaled(scale, x):
@@ -137,6 +136,7 @@ def split_gates(model) -> int:
     """Cut every EdgeBlock's gated convs (conv1 + depthwise conv2, conv4) into the two halves that
     SimpleGate multiplies, in place; returns how many blocks changed. Exact: the block then has no
     channel split, which INT8 runtimes run in float between a dequantize and a quantize."""
+    set_act_bounds(model, None)  # the halves are new convs (QAT strips the bounds anyway)
     changed = 0
     for block in model.modules():
         if isinstance(block, EdgeBlock) and not isinstance(block.conv1, Halves):
@@ -150,6 +150,7 @@ def fold_layer_scales(model) -> int:
     """Fold every EdgeBlock's per-channel layer scales (beta, gamma) into the 1x1 conv before them,
     in place; returns how many blocks changed. Exact; the folded blocks skip the two multiplies,
     which INT8 runtimes would otherwise run as broadcast elementwise ops."""
+    set_act_bounds(model, None)  # a folded scale changes the conv's output range
     changed = 0
     with torch.no_grad():
         for block in model.modules():

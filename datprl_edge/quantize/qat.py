@@ -137,7 +137,7 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
     other pairs to keep the reported numbers unbiased). `state_dir`: resumable training state.
     `log(message)` receives progress lines.
     """
-    from datprl_edge.models.bounds import set_block_bounds
+    from datprl_edge.models.bounds import set_act_bounds
     from datprl_edge.models.context import context_layout
     from datprl_edge.models.registry import model_config
     from datprl_edge.quantize.loop import as_pairs, calibration_batches, drops, evaluate, train
@@ -146,7 +146,7 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
     if not hasattr(model, "state_dict"):
         raise ConfigError("run_qat needs a torch model (nn.Module)")
     base = copy.deepcopy(model).eval()
-    set_block_bounds(base, None)  # fake-quant ranges bound the activations (models.bounds)
+    set_act_bounds(base, None)  # fake-quant ranges bound the activations (models.bounds)
     try:
         arch, options = model_config(base)
     except Exception:
