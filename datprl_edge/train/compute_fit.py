@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 SHAPES = ("power", "log")
+MAX_FACTOR = 1000.0  # beyond this a fitted trend says nothing about reaching the target
 
 
 def stage_pixels(stages) -> list:
@@ -59,8 +60,12 @@ def extrapolate(compute, values, target: float, shape: str) -> dict:
         params = {"a": float(icpt), "b": float(slope)}
         at = math.exp((target - icpt) / slope) if slope > 0 else None
     last = float(np.exp(x[-1]))
-    out.update(params=params, compute_at_target=at, factor=(at / last) if at else None,
-               residual_db=float(np.abs(fit - y).max()))
+    factor = (at / last) if at else None
+    if factor is not None and factor > MAX_FACTOR:
+        at = factor = None
+        out["note"] = (f"the fitted trend needs more than {MAX_FACTOR:g}x the compute so far: "
+                       "no trend to the target")
+    out.update(params=params, compute_at_target=at, factor=factor, residual_db=float(np.abs(fit - y).max()))
     return out
 
 

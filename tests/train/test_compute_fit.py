@@ -30,6 +30,8 @@ def test_log_fit_and_trends_that_never_get_there():
     f = extrapolate(compute, gain, target=0.8, shape="log")
     assert f["compute_at_target"] == pytest.approx(10 ** 9.5) and f["met_at_last_point"] is False
     assert extrapolate(compute, gain[::-1], 0.8, "log")["compute_at_target"] is None
+    flat = extrapolate(compute, [0.1, 0.12, 0.11], 0.8, "log")  # a trend that would need 10^30x more
+    assert flat["compute_at_target"] is None and "no trend" in flat["note"]
     assert extrapolate(compute, gain, 0.4, "log")["met_at_last_point"] is True
     done = extrapolate(compute, [1.0, 0.2, -0.1], 0.5, "power")
     assert done["met_at_last_point"] is True and done["params"] is None
