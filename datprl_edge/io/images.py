@@ -290,9 +290,14 @@ def _samples(axes: str, shape) -> int:
 def npy_header_shape(f) -> tuple:
     """The array shape an .npy stream's header declares (an open file, or a member of an .npz),
     read without touching the data. Raises ValueError on a damaged header."""
+    import tokenize
+
     fmt = np.lib.format
     major, _ = fmt.read_magic(f)
-    header = fmt.read_array_header_1_0(f) if major == 1 else fmt.read_array_header_2_0(f)
+    try:
+        header = fmt.read_array_header_1_0(f) if major == 1 else fmt.read_array_header_2_0(f)
+    except (SyntaxError, tokenize.TokenError) as e:  # numpy parses the header as a Python literal
+        raise ValueError(f"damaged .npy header ({e})") from None
     return tuple(int(v) for v in header[0])
 
 

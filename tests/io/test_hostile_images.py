@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from datprl_edge.core import limits
-from datprl_edge.core.errors import DatprlEdgeError, ResourceLimitError
+from datprl_edge.core.errors import DatprlEdgeError, ImageReadError, ResourceLimitError
 from datprl_edge.io.images import read_image, write_image
 
 
@@ -79,6 +79,17 @@ def test_npy_header_declaring_a_huge_array_is_refused(tmp_path):
             f, {"descr": "<f4", "fortran_order": False, "shape": (100000, 100000, 3)})
         f.write(b"\0" * 64)
     assert "100000x100000" in _bounded_read(path)
+
+
+def test_npy_header_that_is_not_a_python_literal_is_one_toolkit_error(tmp_path):
+    """A flipped byte in the shape tuple made numpy's header parser raise tokenize.TokenError (found
+    by the fuzz test below); it must end like any other damaged file."""
+    path = tmp_path / "bad.npy"
+    np.save(path, np.zeros((24, 20, 3), np.float32))
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"(24, 20, 3)", b"(24, 20, 3(", 1))
+    with pytest.raises(ImageReadError, match="bad.npy"):
+        read_image(path)
 
 
 def test_the_pixel_limit_is_raised_by_its_environment_variable(tmp_path, monkeypatch):
