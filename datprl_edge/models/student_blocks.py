@@ -1,8 +1,9 @@
 """Building blocks of the edge student: gated FiLM conditioning, a norm-free gated conv block,
 query mappers, and the user override of the prompt routing.
 
-Every pixel-path op is a plain/depthwise conv, an elementwise product, a global mean or a pixel
-(un)shuffle: ops that ONNX (opset 17+), OpenVINO, Core ML and INT8 quantizers all handle.
+Every pixel-path op is a plain/depthwise conv (with its output clamp, `models.bounds`), an
+elementwise product, a global mean or a pixel (un)shuffle: ops that ONNX (opset 17+), OpenVINO,
+Core ML and INT8 quantizers all handle.
 """
 
 from __future__ import annotations
