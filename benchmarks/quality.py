@@ -98,7 +98,7 @@ def make_sets(task, args, shifted: bool):
 def evaluate_task(task, args, models, best, bar, shifted: bool) -> dict:
     import numpy as np
 
-    from datprl_edge.core.metrics import image_metrics, mean_psnr
+    from datprl_edge.core.metrics import mean_psnr
     from datprl_edge.evaluate.baselines import get_method, methods_for, run_baseline
     from datprl_edge.evaluate.harm import harm_stats
 
@@ -106,14 +106,7 @@ def evaluate_task(task, args, models, best, bar, shifted: bool) -> dict:
     names = [f"{p.source}#{k}" for k, p in enumerate(pairs)]
 
     def rows(fn, limit=None):
-        t0 = time.perf_counter()
-        ps, ss = [], []
-        for p in pairs[:limit]:
-            q = image_metrics(p.gt, fn(p.lq), task.grayscale)
-            ps.append(q[0])
-            ss.append(q[1])
-            bar.update()
-        return ps, ss, (time.perf_counter() - t0) / len(ps)
+        return _score(pairs[:limit], fn, task.grayscale, bar)
 
     in_p, in_s, _ = rows(lambda x: x)
     out = {"degradation": tk.description, "severity": tk.default_severity, "size": size, "images": len(pairs),
@@ -132,24 +125,44 @@ def evaluate_task(task, args, models, best, bar, shifted: bool) -> dict:
     out["best_classical"] = best
     out["best_classical_psnr"] = out["classical"][best]["psnr"] if best else None
     for label, (spec, runner) in models.items():
-        ps, ss, sec = rows(runner)
-        entry = {"spec": spec, "psnr": _r(mean_psnr(ps)), "ssim": _r(np.mean(ss), 5),
-                 "gain_db": _r(mean_psnr(ps) - mean_psnr(in_p)), **harm_stats(ps, in_p, names),
-                 "seconds_per_image": _r(sec, 3), "per_image_psnr": _rl(ps)}
-        if best:
-            entry["vs_best_classical_db"] = _r(entry["psnr"] - out["best_classical_psnr"])
-        out["models"][label] = entry
+        out["models"][label] = _model_entry(spec, *rows(runner), in_p, names, out["best_classical_psnr"])
     return out
+
+
+def _score(pairs, fn, grayscale: bool, bar) -> tuple:
+    """(per-image PSNR, per-image SSIM, seconds per image) of `fn` on `pairs`."""
+    from datprl_edge.core.metrics import image_metrics
+
+    t0 = time.perf_counter()
+    ps, ss = [], []
+    for p in pairs:
+        q = image_metrics(p.gt, fn(p.lq), grayscale)
+        ps.append(q[0])
+        ss.append(q[1])
+        bar.update()
+    return ps, ss, (time.perf_counter() - t0) / len(ps)
+
+
+def _model_entry(spec, ps, ss, sec, in_p, names, best_classical_psnr) -> dict:
+    """A model's row of one task: means, gain and harm against the input, timing, per-image PSNR."""
+    import numpy as np
+
+    from datprl_edge.core.metrics import mean_psnr
+    from datprl_edge.evaluate.harm import harm_stats
+
+    entry = {"spec": spec, "psnr": _r(mean_psnr(ps)), "ssim": _r(np.mean(ss), 5),
+             "gain_db": _r(mean_psnr(ps) - mean_psnr(in_p)), **harm_stats(ps, in_p, names),
+             "seconds_per_image": _r(sec, 3), "per_image_psnr": _rl(ps)}
+    if best_classical_psnr is not None:
+        entry["vs_best_classical_db"] = _r(entry["psnr"] - best_classical_psnr)
+    return entry
 
 
 def add_variants(report: dict, args, models: dict, bar) -> None:
     """Score `models` on the sets of an earlier `report` (re-made from its settings) and add their rows."""
-    import numpy as np
-
     from datprl_edge.core.errors import ConfigError
     from datprl_edge.core.metrics import image_metrics, mean_psnr
     from datprl_edge.data.tasks import resolve_tasks
-    from datprl_edge.evaluate.harm import harm_stats
 
     st = report["settings"]
     for key in ("count", "size", "medical_size", "seed"):
@@ -165,20 +178,10 @@ def add_variants(report: dict, args, models: dict, bar) -> None:
                 raise ConfigError(f"{name}/{task.id}: the re-made inputs score {mean_psnr(in_p):.4f} dB, "
                                   f"the report says {row['input']['psnr']}; the data changed since it was "
                                   "written, run the whole benchmark again")
+            best = row["best_classical_psnr"] if row["best_classical"] else None
             for label, (spec, runner) in models.items():
-                t0 = time.perf_counter()
-                qs = []
-                for p in pairs:
-                    qs.append(image_metrics(p.gt, runner(p.lq), task.grayscale))
-                    bar.update()
-                ps = [q[0] for q in qs]
-                entry = {"spec": spec, "psnr": _r(mean_psnr(ps)), "ssim": _r(np.mean([q[1] for q in qs]), 5),
-                         "gain_db": _r(mean_psnr(ps) - mean_psnr(in_p)), **harm_stats(ps, in_p, names),
-                         "seconds_per_image": _r((time.perf_counter() - t0) / len(ps), 3),
-                         "per_image_psnr": _rl(ps)}
-                if row["best_classical"]:
-                    entry["vs_best_classical_db"] = _r(entry["psnr"] - row["best_classical_psnr"])
-                row["models"][label] = entry
+                row["models"][label] = _model_entry(spec, *_score(pairs, runner, task.grayscale, bar),
+                                                    in_p, names, best)
 
 
 def targets(per_task: dict, has_nokd: bool) -> dict:

@@ -353,9 +353,10 @@ class _ProgramRouting:
     output holds (mix 0: the program's own routing)."""
 
     def __init__(self, program, layout, img_channel: int):
-        from datprl_edge.core.context import layout_slices
+        from datprl_edge.core.context import layout_size, layout_slices
 
         self.program, self.layout, self.slices = program, layout, layout_slices(layout)
+        self.size = layout_size(layout)
         self.img_channel = img_channel
 
     def context_layout(self):
@@ -369,8 +370,7 @@ class _ProgramRouting:
         from datprl_edge.quantize.feed import call_with_context
         from datprl_edge.quantize.scope import frozen_observers
 
-        k = sum(n for _, n in self.layout)
-        zeros = x.new_zeros(x.shape[0], k)
+        zeros = x.new_zeros(x.shape[0], self.size)
         with torch.no_grad(), frozen_observers(self.program):
             _, own = call_with_context(self.program, x, zeros, zeros)
         return types.SimpleNamespace(domain_weights=own[:, self.slices["domain_weights"]],

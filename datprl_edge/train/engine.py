@@ -195,7 +195,6 @@ def _train(obj, cfg: TrainConfig, data, run_dir, stage, resume, provenance, step
     metrics, ckpt = {}, None
     if env.is_main:
         bound_student([final, raw], data, cfg.batch_size, cfg.seed, cfg.curriculum)
-    if env.is_main:
         metrics = evaluate(final.to(dev), val_sets, dev, data.prompt_ids_fn(cfg.prompt_mode))
         history.append({"step": cfg.steps, "wall_s": round(wall0 + seconds, 2), **metrics})
         if run_dir is not None:
