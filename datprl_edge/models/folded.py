@@ -22,6 +22,7 @@ from datprl_edge.models.student import (
     EdgeDATPRL,
     _check_options,
     block_context_layout,
+    build_stem,
     name_context_blocks,
 )
 from datprl_edge.models.student_blocks import EdgeBlock
@@ -39,22 +40,22 @@ class EdgeDATPRLStatic(nn.Module):
 
     def __init__(self, img_channel=3, width=16, enc_blk_nums=(1, 1, 1), middle_blk_num=1,
                  dec_blk_nums=(1, 1, 1), dw_expand=2, ffn_expand=2, use_sca=True, layer_scale_init=0.1,
-                 tasks=(), act_bounds=None, **prompt_options):
+                 tasks=(), stem=1, act_bounds=None, **prompt_options):
         super().__init__()
         unknown = sorted(set(prompt_options) - set(_PROMPT_OPTIONS))
         if unknown:
             raise ConfigError(f"{STATIC_ARCH} has no option {unknown[0]!r}")
-        _check_options(img_channel, width, enc_blk_nums, dec_blk_nums, middle_blk_num)
+        _check_options(img_channel, width, enc_blk_nums, dec_blk_nums, middle_blk_num, stem=stem)
         if isinstance(tasks, str) or not all(isinstance(t, str) for t in tasks):
             raise ConfigError(f"{STATIC_ARCH} option tasks must be a list of task ids, got {tasks!r}")
         self.tasks = tuple(tasks)
         levels = len(enc_blk_nums)
         self.img_channel = img_channel
-        self.pad_multiple = 2 ** levels
+        self.pad_multiple = stem * 2 ** levels
         blk = dict(dw_expand=dw_expand, ffn_expand=ffn_expand, use_sca=use_sca,
                    layer_scale_init=layer_scale_init)
         chans = [width * 2 ** i for i in range(levels + 1)]
-        self.intro = nn.Conv2d(img_channel, width, 3, padding=1)
+        self.unshuffle, self.intro, ending, shuffle = build_stem(img_channel, width, stem)
         self.encoders = nn.ModuleList(nn.Sequential(*[EdgeBlock(chans[i], **blk) for _ in range(n)])
                                       for i, n in enumerate(enc_blk_nums))
         self.downs = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], 2, stride=2) for i in range(levels))
@@ -64,7 +65,7 @@ class EdgeDATPRLStatic(nn.Module):
             for i in range(levels))
         self.decoders = nn.ModuleList(nn.ModuleList(EdgeBlock(chans[i], **blk) for _ in range(n))
                                       for i, n in enumerate(dec_blk_nums))
-        self.ending = nn.Conv2d(width, img_channel, 3, padding=1)
+        self.ending, self.shuffle = ending, shuffle  # registered last: module order as before stems
         name_context_blocks(self)
         if act_bounds is not None:  # the student's, less the prompt path's convs this model lacks
             layers = bounded_layers(self)

@@ -76,6 +76,10 @@ def bundled_path(name: str) -> Path:
     return p
 
 
+def bundled_exists(name: str) -> bool:
+    return (WEIGHTS_DIR / f"{name}.safetensors").is_file()
+
+
 def read_network_config(network) -> dict:
     """Options of a `network_g` block from a dict or a YAML/JSON file, copied."""
     if isinstance(network, (str, Path)):

@@ -55,6 +55,10 @@ def parse(argv=None):
     p.add_argument("--scratch", action="store_true",
                    help="random initial weights instead of the shipped ones")
     p.add_argument("--skip-teacher", action="store_true", help=f"distil from {TEACHER} directly")
+    p.add_argument("--teacher", default=TEACHER, help=f"teacher weights (default {TEACHER})")
+    p.add_argument("--student", default="edge-xs",
+                   help="student to distil: a bundled name continues from its weights, any other "
+                        "registered model starts from random weights (default edge-xs)")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -63,7 +67,7 @@ def parse(argv=None):
 def main(argv=None) -> int:
     import torch
 
-    from datprl_edge.models.loading import load_model
+    from datprl_edge.models.loading import bundled_exists, load_model
     from datprl_edge.models.registry import create_model
     from datprl_edge.train.config import DistillConfig, TrainConfig
     from datprl_edge.train.distill import distill
@@ -91,27 +95,28 @@ def main(argv=None) -> int:
     summary = {"command": command, "environment": env, "phases": {}}
 
     if args.skip_teacher:
-        teacher, teacher_src = load_model(TEACHER), TEACHER
+        teacher, teacher_src = load_model(args.teacher), args.teacher
     else:
         torch.manual_seed(args.seed)
-        init = create_model("restormer-ref") if args.scratch else load_model(TEACHER)
+        init = create_model("restormer-ref") if args.scratch else load_model(args.teacher)
         tcfg = TrainConfig(**common, batch_size=args.batch, lr=args.teacher_lr,
                            time_budget=args.teacher_budget)
         res = train_teacher(init, tcfg, args.data, work / "teacher",
                             provenance={"command": command, "init": "scratch" if args.scratch
-                                        else TEACHER})
+                                        else args.teacher})
         summary["phases"]["teacher"] = _phase(res, tcfg, work / "teacher", out, "teacher", "teacher-ref")
         teacher, teacher_src = res.model, "teacher phase of this run"
         _write(out, summary)
 
     torch.manual_seed(args.seed)
-    student = create_model("edge-xs") if args.scratch else load_model("bundled:edge-xs")
+    from_bundle = not args.scratch and bundled_exists(args.student)
+    student = load_model(f"bundled:{args.student}") if from_bundle else create_model(args.student)
     scfg = DistillConfig(**common, batch_size=2 * args.batch, lr=args.student_lr, pair_reuse=args.pair_reuse,
                          time_budget=args.student_budget, teacher_cache="off")
     res = distill(teacher, student, scfg, args.data, work / "student",
                   provenance={"command": command, "teacher": teacher_src,
-                              "init": "scratch" if args.scratch else "bundled:edge-xs"})
-    summary["phases"]["student"] = _phase(res, scfg, work / "student", out, "student", "edge-xs")
+                              "init": f"bundled:{args.student}" if from_bundle else "scratch"})
+    summary["phases"]["student"] = _phase(res, scfg, work / "student", out, "student", args.student)
     # the device has none of these: the training path must not need them
     summary["optional_modules_imported"] = sorted({m.split(".")[0] for m in sys.modules} & ABSENT_ON_DEVICE)
     _write(out, summary)
