@@ -18,35 +18,35 @@ WEIGHTS = Path(__file__).resolve().parent.parent / "datprl_edge" / "weights"
 PTQ_RECIPE, PTQ_PAIRS, PTQ_CROP = "all", 1, 128  # INT8 without shipped weights: one pair per task
 
 
-def student_description() -> str:
-    if (WEIGHTS / "edge-xs.safetensors").exists():
-        return f"bundled:edge-xs (distilled weights shipped with the toolkit, sha256 {student_sha256()})"
-    return ("edge-xs, random initialisation (bundled:edge-xs was not shipped yet); "
+def student_description(name: str = "edge-xs") -> str:
+    if (WEIGHTS / f"{name}.safetensors").exists():
+        return f"bundled:{name} (distilled weights shipped with the toolkit, sha256 {student_sha256(name)})"
+    return (f"{name}, random initialisation (bundled:{name} was not shipped yet); "
             "same graph and cost as the distilled student")
 
 
-def student_sha256() -> str | None:
+def student_sha256(name: str = "edge-xs") -> str | None:
     from datprl_edge.io.checkpoint import sha256_file
 
-    path = WEIGHTS / "edge-xs.safetensors"
+    path = WEIGHTS / f"{name}.safetensors"
     return sha256_file(path) if path.exists() else None
 
 
-def student():
+def student(name: str = "edge-xs"):
     """(float module, description)."""
     import torch
 
     from datprl_edge.models.registry import create_model
     from datprl_edge.sources import resolve_model
 
-    if (WEIGHTS / "edge-xs.safetensors").exists():
-        return resolve_model("bundled:edge-xs"), student_description()
+    if (WEIGHTS / f"{name}.safetensors").exists():
+        return resolve_model(f"bundled:{name}"), student_description(name)
     torch.manual_seed(0)
-    return create_model("edge-xs"), student_description()
+    return create_model(name), student_description(name)
 
 
-def int8_description(target: str) -> str:
-    shipped = WEIGHTS / f"edge-xs-int8-{target}.safetensors"
+def int8_description(target: str, name: str = "edge-xs") -> str:
+    shipped = WEIGHTS / f"{name}-int8-{target}.safetensors"
     if shipped.exists():
         from datprl_edge.io.checkpoint import sha256_file
 
@@ -56,51 +56,52 @@ def int8_description(target: str) -> str:
             f"with the {target} quantizer settings of datprl_edge.quantize.qat")
 
 
-def quantized(model, target: str):
+def quantized(model, target: str, name: str = "edge-xs"):
     """(QAT result, description) for an INT8 artifact of `target` (onnx or openvino)."""
     from datprl_edge.quantize.qat import QATConfig, load_qat, run_qat
 
-    shipped = WEIGHTS / f"edge-xs-int8-{target}.safetensors"
+    shipped = WEIGHTS / f"{name}-int8-{target}.safetensors"
     if shipped.exists():
-        return load_qat(shipped), int8_description(target)
+        return load_qat(shipped), int8_description(target, name)
     from datprl_edge.data.calib import calibration_images
 
     calib = calibration_images(PTQ_RECIPE, count=PTQ_PAIRS, crop=PTQ_CROP).pairs()
     config = QATConfig(target=target, steps=0, calib_batches=2, batch_size=4, val_images=0, crop=64)
-    return run_qat(model, config, calib), int8_description(target)
+    return run_qat(model, config, calib), int8_description(target, name)
 
 
-def build_student(out: Path, log=print) -> dict:
-    """Export the student FP32 + INT8 to ONNX and OpenVINO in `out`. Artifacts already there are
-    reused while their source (recorded in sources.json) is still the one that would be chosen now:
-    shipping bundled or QAT weights later makes the next run rebuild them."""
+def build_student(out: Path, log=print, name: str = "edge-xs", targets=("onnx", "openvino")) -> dict:
+    """Export the student `name` FP32 + INT8 to each target in `out`. Artifacts already there are
+    reused while their source (recorded in sources-NAME.json) is still the one that would be chosen
+    now: shipping bundled or QAT weights later makes the next run rebuild them."""
     from datprl_edge.core.targets import resolve_target
     from datprl_edge.export.driver import ExportConfig, export_model
 
     out.mkdir(parents=True, exist_ok=True)
-    sources_file = out / "sources.json"
+    sources_file = out / f"sources-{name}.json"
     old = json.loads(sources_file.read_text()) if sources_file.exists() else {}
-    paths = {f"{t}_{p}": out / f"edge-xs_{t}_{p}{resolve_target(t).suffix}"
-             for t in ("onnx", "openvino") for p in ("fp32", "int8")}
-    wanted = {"fp32": student_description()}
-    for t in ("onnx", "openvino"):
-        wanted[f"{t}_int8"] = f"{wanted['fp32']}; INT8 from {int8_description(t)}"
+    paths = {f"{t}_{p}": out / f"{name}_{t}_{p}{resolve_target(t).suffix}"
+             for t in targets for p in ("fp32", "int8")}
+    wanted = {"fp32": student_description(name)}
+    for t in targets:
+        wanted[f"{t}_int8"] = f"{wanted['fp32']}; INT8 from {int8_description(t, name)}"
 
-    def source_key(name):  # both FP32 artifacts share one source entry
-        return "fp32" if name.endswith("fp32") else name
+    def source_key(key):  # the FP32 artifacts share one source entry
+        return "fp32" if key.endswith("fp32") else key
 
     stale = {k for k, p in paths.items() if not p.exists() or old.get(source_key(k)) != wanted[source_key(k)]}
     if stale:
-        model, _ = student()
-        small = dict(verify_images=2, verify_size=(96, 128), model_name="edge-xs", overwrite=True,
-                     source_sha256=student_sha256() or "random-init")
-        if stale & {"onnx_fp32", "openvino_fp32"}:
-            log("exporting the student at fp32 (onnx, openvino)")
-            export_model(model, ExportConfig(targets=("onnx", "openvino"), precision="fp32", **small), out)
-        for target in ("onnx", "openvino"):
+        model, _ = student(name)
+        small = dict(verify_images=2, verify_size=(96, 128), model_name=name, overwrite=True,
+                     source_sha256=student_sha256(name) or "random-init")
+        fp32 = tuple(t for t in targets if f"{t}_fp32" in stale)
+        if fp32:
+            log(f"exporting {name} at fp32 ({', '.join(fp32)})")
+            export_model(model, ExportConfig(targets=fp32, precision="fp32", **small), out)
+        for target in targets:
             if f"{target}_int8" in stale:
-                log(f"quantizing + exporting the student at int8 ({target})")
-                qat, _ = quantized(model, target)
+                log(f"quantizing + exporting {name} at int8 ({target})")
+                qat, _ = quantized(model, target, name)
                 export_model(qat, ExportConfig(targets=(target,), precision="int8", **small), out)
         sources_file.write_text(json.dumps(wanted, indent=2) + "\n")
     return {"paths": {k: str(v) for k, v in paths.items()}, "sources": wanted}

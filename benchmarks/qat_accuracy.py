@@ -7,8 +7,8 @@ calibration recipe: 0 steps (PTQ: calibration only) and --steps QAT steps distil
 model, then measures PSNR on the fixed validation pairs (`validation_set`, 'val' split) of every
 recipe task. Writes benchmarks/results/qat_accuracy.json; --ship also writes the variant with the
 smallest worst-task drop (PTQ, QAT or, with --max-drop, QAT with float layers) as
-datprl_edge/weights/edge-xs-int8-<target>.safetensors (what `export --precision int8` uses).
-Without bundled:edge-xs the numbers are for a randomly initialised edge-xs and are marked so.
+datprl_edge/weights/STUDENT-int8-<target>.safetensors (what `export --precision int8` uses; --student,
+default edge-xs). Without bundled:STUDENT the numbers are for a random initialisation, marked so.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ WEIGHTS = ROOT / "datprl_edge" / "weights"
 OUT = ROOT / "benchmarks" / "results" / "qat_accuracy.json"
 
 
-def student(path=None):
-    """(model, description, placeholder): `path`, else bundled:edge-xs, else a random edge-xs."""
+def student(path=None, name="edge-xs"):
+    """(model, description, placeholder): `path`, else bundled:NAME, else a random NAME."""
     import torch
 
     from datprl_edge.models.registry import create_model
@@ -38,15 +38,16 @@ def student(path=None):
         cmd = getattr(model, "datprl_checkpoint", None)
         cmd = cmd.provenance.get("command", "") if cmd is not None else ""
         return model, f"{path} (NOT the bundled student; made by: {cmd or 'unknown'})", True
-    if (WEIGHTS / "edge-xs.safetensors").is_file():
-        return resolve_model("bundled:edge-xs"), "bundled:edge-xs", False
+    if (WEIGHTS / f"{name}.safetensors").is_file():
+        return resolve_model(f"bundled:{name}"), f"bundled:{name}", False
     torch.manual_seed(0)
-    return create_model("edge-xs"), "edge-xs random init (PLACEHOLDER: bundled:edge-xs not shipped yet)", True
+    return create_model(name), f"{name} random init (PLACEHOLDER: bundled:{name} not shipped yet)", True
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", help="a student checkpoint instead of bundled:edge-xs (marked as placeholder)")
+    ap.add_argument("--student", default="edge-xs", help="the bundled student (default edge-xs)")
+    ap.add_argument("--model", help="a student checkpoint instead of bundled:STUDENT (marked as placeholder)")
     ap.add_argument("--targets", default="onnx,openvino,coreml")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--lr", type=float, default=3e-5)
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-drop", type=float, default=None, help="also run the sensitivity search")
     ap.add_argument("--float-layers", default=None, metavar="L1,L2",
                     help="also run PTQ and QAT with these layers float (e.g. a --max-drop search's choice)")
-    ap.add_argument("--ship", action="store_true", help="write weights/edge-xs-int8-<target>.safetensors")
+    ap.add_argument("--ship", action="store_true", help="write weights/STUDENT-int8-<target>.safetensors")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="merge per-target result files into --output")
     ap.add_argument("-o", "--output", default=str(OUT))
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
     from datprl_edge.quantize.qat import QATConfig, run_qat, save_qat
 
     torch.manual_seed(0)
-    model, model_desc, placeholder = student(args.model)
+    model, model_desc, placeholder = student(args.model, args.student)
     calib, tasks = calibration_pairs(args.calib)
     val = validation_pairs(tasks, args.val_count, args.val_size)
     multiple = int(model.pad_multiple)
@@ -137,17 +138,17 @@ def main(argv=None) -> int:
         if args.ship and not placeholder:
             best = min(reversed(list(results)), key=lambda k: row[k]["drop_db"]["worst"])
             row["shipped_variant"] = best
-            path = save_qat(results[best], WEIGHTS / f"edge-xs-int8-{target}.safetensors",
-                            {"command": report["command"], "source": "bundled:edge-xs",
+            path = save_qat(results[best], WEIGHTS / f"{args.student}-int8-{target}.safetensors",
+                            {"command": report["command"], "source": f"bundled:{args.student}",
                              "calibration": args.calib})
             row["shipped"] = str(path.relative_to(ROOT))
-            update_manifest(path, best, row[best]["drop_db"])
+            update_manifest(path, best, row[best]["drop_db"], args.student)
         write_text_atomic(args.output, json.dumps(report, indent=2) + "\n")
     print(table(report))
     return 0
 
 
-def update_manifest(path: Path, variant: str, drop: dict) -> None:
+def update_manifest(path: Path, variant: str, drop: dict, name: str = "edge-xs") -> None:
     """Record a shipped INT8 checkpoint in weights/MANIFEST.json (sha256, size, how it was made)."""
     from datprl_edge.io.atomic import write_text_atomic
     from datprl_edge.io.checkpoint import read_checkpoint_config, sha256_file
@@ -159,7 +160,7 @@ def update_manifest(path: Path, variant: str, drop: dict) -> None:
     manifest["files"][path.name] = {
         "arch": cfg.arch, "stage": cfg.stage, "target": cfg.extra.get("target"),
         "bytes": path.stat().st_size, "sha256": sha256_file(path),
-        "base": cfg.provenance.get("source"), "base_sha256": sha256_file(WEIGHTS / "edge-xs.safetensors"),
+        "base": cfg.provenance.get("source"), "base_sha256": sha256_file(WEIGHTS / f"{name}.safetensors"),
         "variant": variant, "steps": cfg.extra.get("steps"), "lr": qcfg.get("lr"),
         "float_layers": cfg.extra.get("float_layers", []), "calibration": cfg.provenance.get("calibration"),
         "stack": cfg.extra.get("scheme", {}).get("stack"), "command": cfg.provenance.get("command"),

@@ -338,6 +338,8 @@ def main(argv=None) -> int:
                     help="where artifacts are built or reused (default runs/benchmarks, git-ignored)")
     ap.add_argument("--out", default=str(HERE / "results"), help="where results JSON go")
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
+    ap.add_argument("--student", default="edge-xs", help="the student the suites time (default edge-xs; "
+                    "benchmarks/frontier.py times every member of the family)")
     ap.add_argument("--quick", action="store_true", help="short runs to check the script (not for results)")
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                     help="wait up to S seconds for the 1-minute load to drop below half the cores")
@@ -356,7 +358,7 @@ def main(argv=None) -> int:
     if args.quick:
         SETTINGS.update(QUICK)
     art_dir, out_dir = Path(args.artifacts), Path(args.out)
-    arts = {"student": build.build_student(art_dir)}
+    arts = {"student": build.build_student(art_dir, name=args.student)}
     suites = args.suite or list(SUITES)
     if "speedup_256" in suites:
         arts["full"] = build.build_full_model(art_dir)
@@ -372,6 +374,7 @@ def main(argv=None) -> int:
             "suite": name,
             "command": shlex.join(["python", "benchmarks/run_headline.py", "--suite", name]
                                   + (["--threads", str(args.threads)] if args.threads else [])
+                                  + (["--student", args.student] if args.student != "edge-xs" else [])
                                   + (["--quick"] if args.quick else [])),
             "settings": {k: v for k, v in SETTINGS.items()},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

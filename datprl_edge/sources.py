@@ -144,35 +144,39 @@ def open_model(spec, network=None, **session_options):
     return open_artifact(Path(spec), **session_options)
 
 
-def shipped_int8(target: str) -> Path | None:
-    """The bundled student's shipped QAT weights for `target` (bundled:edge-xs-int8-TARGET), if installed."""
+def shipped_int8(target: str, student: str = DEFAULT_STUDENT) -> Path | None:
+    """A bundled student's shipped QAT weights for `target` (bundled:NAME-int8-TARGET), if installed."""
     from datprl_edge.models import loading
 
-    path = loading.WEIGHTS_DIR / f"{DEFAULT_STUDENT[len(BUNDLED_PREFIX):]}-int8-{target}.safetensors"
+    path = loading.WEIGHTS_DIR / f"{student[len(BUNDLED_PREFIX):]}-int8-{target}.safetensors"
     return path if path.is_file() else None
 
 
 def export_plan(spec, config) -> list[tuple]:
-    """[(export config, MODEL)]: what `export` makes of `spec` (one export), or with no MODEL of the
-    bundled student, except that each target's INT8 artifact then comes from that target's shipped QAT
-    weights (`shipped_int8`) when installed. A task needs the float student (folded, then quantized)."""
-    if spec is not None:
-        return [(config, str(spec))]
+    """[(export config, MODEL)]: what `export` makes of `spec` (one export), or of a bundled student (no
+    MODEL: the default one), except that each target's INT8 artifact then comes from that target's
+    shipped QAT weights (`shipped_int8`) when installed. A task needs the float student (folded, then
+    quantized)."""
+    student = DEFAULT_STUDENT if spec is None else str(spec)
+    if spec is not None and not (student.startswith(BUNDLED_PREFIX) and "-int8-" not in student):
+        return [(config, student)]
     precisions = [p for p in (config.precision or "").split(",") if p]
     shipped = {} if config.task or "int8" not in precisions else \
-        {t: p for t in config.targets if (p := shipped_int8(t)) is not None}
+        {t: p for t in config.targets if (p := shipped_int8(t, student)) is not None}
+    if spec is not None and not shipped:
+        return [(config, student)]
     plan = [(dataclasses.replace(config, targets=(t,), precision="int8"), BUNDLED_PREFIX + p.stem)
             for t, p in shipped.items()]
     rest = tuple(t for t in config.targets if t not in shipped)
     if rest:
-        plan.append((dataclasses.replace(config, targets=rest) if shipped else config, DEFAULT_STUDENT))
+        plan.append((dataclasses.replace(config, targets=rest) if shipped else config, student))
     others = ",".join(p for p in precisions if p != "int8")
     if shipped and others:
-        plan.append((dataclasses.replace(config, targets=tuple(shipped), precision=others), DEFAULT_STUDENT))
+        plan.append((dataclasses.replace(config, targets=tuple(shipped), precision=others), student))
     from datprl_edge.models import loading
 
-    student = loading.WEIGHTS_DIR / f"{DEFAULT_STUDENT[len(BUNDLED_PREFIX):]}.safetensors"
-    if any(s == DEFAULT_STUDENT for _, s in plan) and not student.is_file():
+    weights = loading.WEIGHTS_DIR / f"{DEFAULT_STUDENT[len(BUNDLED_PREFIX):]}.safetensors"
+    if spec is None and any(s == DEFAULT_STUDENT for _, s in plan) and not weights.is_file():
         raise InputNotFoundError(f"no bundled student in this install ({DEFAULT_STUDENT} is missing); pass a "
                                  "checkpoint, bundled:NAME or a registry name such as edge-xs")
     return plan

@@ -12,6 +12,7 @@ from datprl_edge.core.errors import ConfigError
 from datprl_edge.io.atomic import atomic_path, check_output
 from datprl_edge.report import html as H
 from datprl_edge.report.collect import RunData, collect
+from datprl_edge.report.frontier import frontier_html, frontier_markdown
 from datprl_edge.report.headline import load_headline
 from datprl_edge.report.plots import pareto_front, pareto_plot, pareto_points, task_bars
 from datprl_edge.report.recommend import DEFAULT_MAX_DROP, Recommendation, recommend
@@ -69,9 +70,10 @@ def build_report(run_dir, out_html, *, budget_ms: float | None = None,
                 '<h2 id="bars">Per-task PSNR</h2>\n' + H.image_html(bars, "per-task PSNR bars",
                                                                      "No eval report: no per-task PSNR."),
                 _visuals_html(run, visuals), H.table_html(by_key["candidates"], rec.artifact), edge.html(),
-                H.table_html(by_key["latency"]), H.table_html(by_key["stages"])]
+                frontier_html(edge.docs), H.table_html(by_key["latency"]), H.table_html(by_key["stages"])]
     page = H.page(title=title, meta_lines=[m for m in meta if m], recommendation=rec, sections=sections)
-    md = _markdown(title, meta, rec, run, tables) + "\n" + edge.markdown()
+    md = "\n".join(t for t in (_markdown(title, meta, rec, run, tables), edge.markdown(),
+                                frontier_markdown(edge.docs)) if t)
     data = {"schema": SCHEMA, "created": created, "run_dir": str(Path(run_dir).resolve()),
             "toolkit_version": __version__, "shape": shape, "recommendation": rec.to_dict(),
             "sources": run.sources, "artifacts": [_artifact_json(a, shape) for a in run.artifacts],

@@ -12,7 +12,7 @@ from datprl_edge.core.errors import ConfigError
 from datprl_edge.report import html as H
 from datprl_edge.report.tables import Table
 
-SUITES = ("speedup_256", "int8_vs_fp32", "ct_512", "frame_4k")
+SUITES = ("speedup_256", "int8_vs_fp32", "ct_512", "frame_4k", "frontier")
 TITLE = "Edge targets"
 
 

@@ -150,3 +150,42 @@ def _colors(n: int) -> list:
 
     cmap = colormaps["tab20"]
     return [cmap(i % 20) for i in range(n)]
+
+
+def frontier_plot(doc: dict) -> bytes | None:
+    """The student family's frontier (benchmarks/frontier.py's JSON): INT8 and FP32 OpenVINO p50
+    latency against mean PSNR gain over the input on the held-out val set, one line per member."""
+    members = {n: m for n, m in (doc.get("members") or {}).items() if m.get("quality")}
+    if not members:
+        return None
+    fig = _figure(8.0, 4.8)
+    ax = fig.add_subplot()
+    cmap = _colors(len(members))
+    for i, (name, m) in enumerate(members.items()):
+        pts = [(m["openvino_ms"][k]["p50"], m["quality"][k]["val"]["mean_gain_db"], k.rsplit("_", 1)[1])
+               for k in ("openvino_fp32", "openvino_int8") if k in m["quality"]]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], color=cmap[i], lw=1, zorder=2)
+        for ms, gain, precision in pts:
+            ax.scatter(ms, gain, s=70, color=cmap[i], marker=PRECISION_MARKERS.get(precision, "D"),
+                       edgecolors="black", linewidths=0.6, zorder=3)
+            ax.annotate(f"{name} {precision}\n{ms:.1f} ms, {gain:+.2f} dB", (ms, gain),
+                        textcoords="offset points", xytext=(6, 6), fontsize=7.5)
+    full = (doc.get("latency") or {}).get("full_6t_ms")
+    if full:
+        ax.axvline(full["p50"] / 500.0, color="#aa3333", ls=":", lw=1,
+                   label=f"500x faster than the 6T model ({full['p50'] / 500.0:.1f} ms)")
+    for t in doc.get("targets", []):
+        if t.get("unit") == "ms":
+            ax.axvline(t["target"], color="#333333", ls="--", lw=1, label=f"target {t['target']:g} ms")
+    ax.axhline(0, color="#666666", ls="-.", lw=1, label="degraded input")
+    for prec in ("fp32", "int8"):
+        ax.scatter([], [], c="white", edgecolors="black", marker=PRECISION_MARKERS[prec],
+                   label=f"OpenVINO {prec}")
+    ax.set_xscale("log")
+    h, w = doc.get("shape", [256, 256])
+    ax.set_xlabel(f"p50 latency (ms), OpenVINO CPU, {h}x{w}, {doc.get('threads', '?')} threads")
+    ax.set_ylabel("mean PSNR gain over the input (dB), held-out val set")
+    ax.set_title("Student family: latency vs quality (benchmarks/frontier.py)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    return png_bytes(fig)

@@ -200,6 +200,11 @@ def test_default_model_takes_each_targets_shipped_int8_weights():
     task = dataclasses.replace(config, task="medical/ct_denoise")  # folding needs the float student
     assert export_plan(None, task) == [(task, "bundled:edge-xs")]
     assert export_plan("m.safetensors", config) == [(config, "m.safetensors")]
+    named = [(c.targets, c.precision, spec) for c, spec in export_plan("bundled:edge-xs", config)]
+    assert named == parts  # the bundled student named: the same plan
+    assert export_plan("bundled:edge-xs-int8-onnx", config) == [(config, "bundled:edge-xs-int8-onnx")]
+    fp32 = dataclasses.replace(config, precision="fp32")
+    assert export_plan("bundled:edge-xs", fp32) == [(fp32, "bundled:edge-xs")]
 
 
 def test_mission_command_needs_no_output(capsys, tmp_path, monkeypatch):

@@ -315,3 +315,32 @@ def test_device_bench_files_are_rows_of_their_own_host(run_dir, tmp_path):
         collect(run_dir, [drone], host="raspberry")
     with pytest.raises(ConfigError, match="not a bench report"):
         collect(run_dir, [run_dir / "eval" / "eval.json"])
+
+
+def _frontier_member(fp32_ms, int8_ms, gains):
+    q = {k: {s: {"mean_gain_db": g, "tasks_above_input": 9, "tasks": {f"t{i}": {} for i in range(9)}}
+             for s in ("val", "shifted")} for k, g in zip(("openvino_fp32", "openvino_int8"), gains)}
+    return {"params": 299000, "gmacs": 0.263, "speedup_vs_6t_mean": {"openvino_int8": 612.0},
+            "openvino_ms": {"openvino_fp32": {"p50": fp32_ms, "mean": fp32_ms},
+                            "openvino_int8": {"p50": int8_ms, "mean": int8_ms}}, "quality": q}
+
+
+FRONTIER = {
+    "suite": "frontier", "created": "2026-01-02T03:04:05+0000", "cpus": 2, "threads": 2,
+    "load_average_start": [0.5, 0.5, 0.5], "load_average_end": [0.6, 0.5, 0.5], "shape": [256, 256],
+    "latency": {"rounds": [{}, {}], "full_6t_ms": {"p50": 3900.0, "mean": 3910.0}},
+    "members": {"edge-xs": _frontier_member(41.0, 19.5, (2.80, 2.71)),
+                "edge-lat": _frontier_member(8.9, 6.4, (1.61, 1.52))},
+    "targets": [{"name": "edge-lat INT8 OpenVINO p50 latency at 256x256", "target": 8.0, "measured": 6.4,
+                 "unit": "ms", "met": True, "higher_is_better": False}],
+}
+
+
+def test_student_family_frontier_section(run_dir, tmp_path):
+    _write(run_dir / "headline" / "frontier.json", FRONTIER)
+    result = build_report(run_dir, tmp_path / "r.html")
+    html, md = result.html.read_text(), result.markdown.read_text()
+    for text in (html, md):
+        assert "Student family: latency vs quality" in text and "frontier: edge-lat INT8 OpenVINO p50" in text
+    assert "| edge-lat | 0.30 M | 0.263 | 8.9 | 6.4 | 612x | +1.61 | +1.52 | +1.52 | 9/9 |" in md
+    assert 'alt="student family frontier plot"' in html  # the plot, from the same file

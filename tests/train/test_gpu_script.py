@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from datprl_edge.io.checkpoint import read_checkpoint_config
 from datprl_edge.models.loading import load_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,3 +33,19 @@ def test_gpu_script_runs_two_steps_per_phase_on_cpu(tmp_path):
     student = load_model(str(out / "edge-xs.safetensors"))
     assert student.datprl_config["arch"] == "EdgeDATPRL"
     assert "student:" in (out / "log.txt").read_text()
+
+
+def test_gpu_script_distils_another_student_from_random_weights(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "WORK": str(tmp_path / "work"), "PYTHON": sys.executable}
+    argv = ["bash", "scripts/gpu_train.sh", "--device", "cpu", "--max-steps", "2", "--batch", "2",
+            "--crop", "32", "--workers", "2", "--val-every", "1", "--val-count", "1", "--val-size", "32",
+            "--warmup", "1", "--student-budget", "60", "--skip-teacher", "--student", "edge-lat"]
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["phases"]) == ["student"] and summary["phases"]["student"]["steps"] == 2
+    student = load_model(str(out / "edge-lat.safetensors"))
+    assert student.datprl_config["options"]["stem"] == 2 and student.pad_multiple == 16
+    provenance = read_checkpoint_config(out / "edge-lat.safetensors").provenance
+    assert provenance["init"] == "scratch" and provenance["teacher"] == "bundled:teacher-ref-v2"

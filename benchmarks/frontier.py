@@ -1,0 +1,188 @@
+"""The student family's latency/quality frontier: every member at FP32 and INT8 in OpenVINO, timed at
+256x256 against the released 6T full model (FP32 OpenVINO) in the same run, and scored on the held-out
+quality sets of `quality.py` (the artifacts themselves, not their torch source). Writes
+benchmarks/results/frontier.json and frontier.png; the report shows both.
+
+    python benchmarks/frontier.py [--members edge-xs,edge-lat] [--artifacts DIR] [--rounds 3]
+        [--round-seconds 4] [--threads N] [--count 16] [--out benchmarks/results]
+
+Latency: `datprl_edge.bench.driver.run_bench` (a fresh process per artifact, no torch), the students
+in alternating order for --rounds rounds (this shared machine's speed drifts); each figure is the
+median over rounds; the 6T model once, 3 iterations. INT8 artifacts come from the member's shipped
+QAT weights when present, else post-training quantization (`artifacts.quantized`). Per-stage torch
+latency and MACs (`datprl-edge inspect`) explain where each member spends its time.
+Targets (issue 16): the latency-first member INT8 <= 8 ms p50, >= 500x the 6T model, INT8 >= 1.8x
+its FP32; its mean gain over the input on the val set (quality.py's target 1.5 dB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import artifacts as build  # noqa: E402
+import quality  # noqa: E402
+from profile_openvino import profile  # noqa: E402
+from run_headline import bench, by_artifact, profile_text, target, timed  # noqa: E402
+
+from datprl_edge.bench.driver import BenchConfig  # noqa: E402
+from datprl_edge.core.host import default_threads, isa_block, load_average  # noqa: E402
+from datprl_edge.io.atomic import write_bytes_atomic, write_text_atomic  # noqa: E402
+
+LATENCY_FIRST, LATENCY_MS, SPEEDUP_X, INT8_X = "edge-lat", 8.0, 500.0, 1.8
+SHAPE = (256, 256)
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--members", default="edge-xs,edge-lat")
+    ap.add_argument("--artifacts", default=str(HERE.parent / "runs" / "frontier"))
+    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--round-seconds", type=float, default=4.0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--count", type=int, default=16, help="images per task and set (quality.py's default)")
+    ap.add_argument("--no-quality", action="store_true", help="latency only (to check the script)")
+    return ap.parse_args(argv)
+
+
+def latency(members: dict, full: Path, rounds: int, seconds: float, threads: int) -> dict:
+    paths = [Path(p) for m in members.values() for p in (m["openvino_fp32"], m["openvino_int8"])]
+    per_round = []
+    for r in range(rounds):
+        order = paths if r % 2 == 0 else paths[::-1]
+        rep = bench(order, BenchConfig(shapes=(SHAPE,), threads=threads, warmup=5, seconds=seconds),
+                    f"round {r + 1}")
+        per_round.append({name: res["latency_ms"] for name, res in by_artifact(rep).items()})
+    slow = bench([full], timed(SHAPE, threads, warmup=1, iters=3), "6T")
+    out = {"rounds": per_round, "full_6t_ms": by_artifact(slow)[full.name]["latency_ms"]}
+    out["median_ms"] = {p.name: {k: round(statistics.median(r[p.name][k] for r in per_round), 3)
+                                 for k in ("p50", "mean")} for p in paths}
+    return out
+
+
+def score(path: Path, count: int) -> dict:
+    """Per task and set: the artifact's PSNR gain over the degraded input (quality.py's pairs)."""
+    from datprl_edge.core.metrics import mean_psnr
+    from datprl_edge.data.tasks import resolve_tasks
+    from datprl_edge.evaluate.driver import open_model
+
+    runner = open_model(str(path))[0]
+    args = argparse.Namespace(size=256, medical_size=384, count=count, seed=0)
+
+    class _NoBar:
+        def update(self, n=1):
+            pass
+
+    sets = {}
+    for name in ("val", "shifted"):
+        per_task = {}
+        for task in resolve_tasks("9task"):
+            _, _, pairs = quality.make_sets(task, args, name == "shifted")
+            inp = quality._score(pairs, lambda x: x, task.grayscale, _NoBar())[0]
+            out, _, sec = quality._score(pairs, runner, task.grayscale, _NoBar())
+            per_task[task.id] = {"gain_db": round(mean_psnr(out) - mean_psnr(inp), 4),
+                                 "psnr": round(mean_psnr(out), 4),
+                                 "harm": int(sum(o < i for o, i in zip(out, inp)))}
+        gains = [t["gain_db"] for t in per_task.values()]
+        sets[name] = {"tasks": per_task, "mean_gain_db": round(statistics.fmean(gains), 4),
+                      "tasks_above_input": sum(g > 0 for g in gains)}
+    return sets
+
+
+def stages(name: str, threads: int) -> dict:
+    from datprl_edge.bench.inspect import inspect_model
+
+    rep = inspect_model(f"bundled:{name}" if (build.WEIGHTS / f"{name}.safetensors").exists() else name,
+                        size=SHAPE, iters=10, threads=threads)
+    return {"params": rep["params"], "gmacs": rep["gmacs"], "torch_fp32_ms": rep["latency"],
+            "stages": [{k: s.get(k) for k in ("name", "gmacs", "latency_ms", "latency_share")}
+                       for s in rep["stages"]]}
+
+
+def frontier_targets(doc: dict) -> list:
+    lat = doc["latency"]["median_ms"]
+    m = doc["members"].get(LATENCY_FIRST)
+    if m is None:
+        return []
+    fp32, int8 = Path(m["artifacts"]["openvino_fp32"]).name, Path(m["artifacts"]["openvino_int8"]).name
+    full = doc["latency"]["full_6t_ms"]
+    rows = [target(f"{LATENCY_FIRST} INT8 OpenVINO p50 latency at 256x256", lat[int8]["p50"], LATENCY_MS,
+                   "ms", False),
+            target(f"{LATENCY_FIRST} INT8 OpenVINO vs 6T FP32 OpenVINO speed-up at 256x256 (mean latency)",
+                   full["mean"] / lat[int8]["mean"], SPEEDUP_X, "x", True),
+            target(f"{LATENCY_FIRST} INT8 vs FP32 OpenVINO speed-up at 256x256 (p50, median of rounds)",
+                   statistics.median(r[fp32]["p50"] / r[int8]["p50"] for r in doc["latency"]["rounds"]),
+                   INT8_X, "x", True)]
+    q = m.get("quality", {}).get("openvino_int8")
+    if q:
+        rows.append(target(f"{LATENCY_FIRST} INT8 mean PSNR gain over the input, held-out val set",
+                           q["val"]["mean_gain_db"], quality.MEAN_GAIN_DB, "dB", True))
+    return rows
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    threads = args.threads or default_threads()
+    names = [n for n in args.members.split(",") if n]
+    art_dir, out_dir = Path(args.artifacts), Path(args.out)
+    load_start = load_average()
+    members = {n: build.build_student(art_dir, name=n, targets=("openvino",)) for n in names}
+    full = Path(build.build_full_model(art_dir)["path"])
+    lat = latency({n: m["paths"] for n, m in members.items()}, full, args.rounds, args.round_seconds, threads)
+    doc = {"suite": "frontier",
+           "command": shlex.join(["python", "benchmarks/frontier.py",
+                                  *(sys.argv[1:] if argv is None else argv)]),
+           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "environment": isa_block(), "threads": threads,
+           "load_average_start": load_start, "shape": list(SHAPE), "latency": lat, "members": {}}
+    for n, m in members.items():
+        entry = {"artifacts": m["paths"], "sources": m["sources"], **stages(n, threads)}
+        entry["openvino_ms"] = {k: lat["median_ms"][Path(p).name] for k, p in m["paths"].items()}
+        entry["speedup_vs_6t_mean"] = {k: round(lat["full_6t_ms"]["mean"] / v["mean"], 1)
+                                       for k, v in entry["openvino_ms"].items()}
+        if not args.no_quality:
+            entry["quality"] = {k: score(Path(p), args.count) for k, p in m["paths"].items()}
+        doc["members"][n] = entry
+    doc["load_average_end"] = load_average()
+    doc["cpus"] = os.cpu_count()
+    doc["targets"] = frontier_targets(doc)
+    doc["profiles"] = []
+    if not all(t["met"] for t in doc["targets"]) and LATENCY_FIRST in members:
+        arts = members[LATENCY_FIRST]["paths"]
+        doc["profiles"] = [profile(arts[k], SHAPE, iters=3, threads=threads)
+                           for k in ("openvino_int8", "openvino_fp32")]
+        text = " ".join(profile_text(p) for p in doc["profiles"])
+        for t in doc["targets"]:
+            if not t["met"]:
+                t["limits"] = text
+    doc["figures"] = {n: {"int8_p50_ms": e["openvino_ms"]["openvino_int8"]["p50"],
+                          "fp32_p50_ms": e["openvino_ms"]["openvino_fp32"]["p50"],
+                          **({"int8_val_gain_db": e["quality"]["openvino_int8"]["val"]["mean_gain_db"],
+                              "fp32_val_gain_db": e["quality"]["openvino_fp32"]["val"]["mean_gain_db"]}
+                             if "quality" in e else {})} for n, e in doc["members"].items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / "frontier.json", json.dumps(doc, indent=2) + "\n")
+    from datprl_edge.report.plots import frontier_plot
+
+    png = frontier_plot(doc)
+    if png:
+        write_bytes_atomic(out_dir / "frontier.png", png)
+    for t in doc["targets"]:
+        print(f"{t['name']}: {t['measured']} {t['unit']} (target {t['target']}) "
+              f"{'met' if t['met'] else 'MISSED ' + t['missed_by']}", flush=True)
+    print(f"wrote {out_dir / 'frontier.json'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
