@@ -24,18 +24,22 @@ def profile(path: str, shape=(256, 256), iters: int = 5, threads: int | None = N
 
     core = ov.Core()
     model = core.read_model(path)
+    if model.inputs[0].get_partial_shape().is_dynamic:  # sessions compile per input size (static graph)
+        model.reshape({model.inputs[0]: [1, 3, *shape]})
     config = {"INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": True,
               "INFERENCE_NUM_THREADS": threads or profile_common.default_threads()}
     compiled = core.compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
     x = np.random.default_rng(0).random((1, 3, *shape), dtype=np.float32)
-    request.infer({0: x})  # first run: one-off allocations
+    feed = {0: x}  # context inputs (routing, statistics): zeros, as a tile with no given context
+    feed.update({i: np.zeros(list(p.get_shape()), np.float32) for i, p in enumerate(compiled.inputs) if i})
+    request.infer(feed)  # first run: one-off allocations
     by_type: collections.Counter = collections.Counter()
     by_exec: collections.Counter = collections.Counter()
     by_layer: collections.Counter = collections.Counter()
     layer_info = {}
     for _ in range(iters):
-        request.infer({0: x})
+        request.infer(feed)
         for p in request.get_profiling_info():
             if p.status != p.Status.EXECUTED:
                 continue

@@ -1,0 +1,38 @@
+"""benchmarks/frontier.py's targets are computed from the figures in its JSON: the latency-first
+member's INT8 p50, its speed-up over the 6T model in the same run, its INT8/FP32 ratio per round, and
+its held-out gain."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+frontier = pytest.importorskip("frontier")
+
+
+def _doc(int8_ms, fp32_ms, gain):
+    fp32, int8 = "edge-lat_openvino_fp32.xml", "edge-lat_openvino_int8.xml"
+    arts = {"openvino_fp32": f"/a/{fp32}", "openvino_int8": f"/a/{int8}"}
+    rounds = [{fp32: {"p50": f, "mean": f}, int8: {"p50": i, "mean": i}} for f, i in zip(fp32_ms, int8_ms)]
+    median = {"edge-lat_openvino_fp32.xml": {"p50": sorted(fp32_ms)[1], "mean": sorted(fp32_ms)[1]},
+              "edge-lat_openvino_int8.xml": {"p50": sorted(int8_ms)[1], "mean": sorted(int8_ms)[1]}}
+    return {"latency": {"rounds": rounds, "median_ms": median, "full_6t_ms": {"p50": 4000.0, "mean": 4000.0}},
+            "members": {"edge-lat": {"artifacts": arts,
+                                     "quality": {"openvino_int8": {"val": {"mean_gain_db": gain}}}}}}
+
+
+def test_targets_from_the_figures():
+    rows = frontier.frontier_targets(_doc([6.0, 7.0, 9.0], [12.0, 10.0, 9.0], 1.2))
+    lat, speed, ratio, gain = rows
+    assert lat["measured"] == 7.0 and lat["met"] and lat["unit"] == "ms"
+    assert speed["measured"] == pytest.approx(4000 / 7.0, abs=1e-3) and speed["met"]
+    assert ratio["measured"] == pytest.approx(10 / 7.0, abs=1e-3) and not ratio["met"]  # median of 2, 1.43, 1
+    assert "short" in ratio["missed_by"]
+    assert gain["measured"] == 1.2 and not gain["met"] and gain["target"] == 1.5
+
+
+def test_no_latency_first_member_no_targets():
+    doc = _doc([6.0, 7.0, 9.0], [12.0, 10.0, 9.0], 1.2)
+    doc["members"] = {"edge-xs": doc["members"].pop("edge-lat")}
+    assert frontier.frontier_targets(doc) == []
