@@ -167,7 +167,7 @@ def update_manifest(path: Path, variant: str, drop: dict, name: str = "edge-xs")
         "worst_task_drop_db": round(drop["worst"], 3), "mean_drop_db": round(drop["mean"], 3),
         "drop_measured_on": "benchmarks/results/qat_accuracy.json (fixed val pairs, torch fake-quant)",
     }
-    write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    write_text_atomic(manifest_path, json.dumps(manifest, indent=1) + "\n")
 
 
 def merge(paths, output) -> int:

@@ -1,8 +1,8 @@
-"""Ship a trained student as bundled:edge-xs: the run's EMA checkpoint with its task routing table
-(`fold.routing`, so `restore --task` on the bundled model needs no calibration images), written to
-datprl_edge/weights/edge-xs.safetensors with its MANIFEST entry.
+"""Ship a trained student as bundled:NAME (default edge-xs): the run's EMA checkpoint with its task
+routing table (`fold.routing`, so `restore --task` on the bundled model needs no calibration images),
+written to datprl_edge/weights/NAME.safetensors with its MANIFEST entry.
 
-    python scripts/ship_student.py RUN_DIR --command "datprl-edge distill ..."
+    python scripts/ship_student.py RUN_DIR --command "datprl-edge distill ..." [--name edge-lat]
         [--teacher bundled:teacher-ref-v2] [--hardware TEXT] [--note TEXT]
 
 RUN_DIR is a `distill` run folder (model.safetensors, progress.json, train.jsonl, val.jsonl).
@@ -19,7 +19,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 WEIGHTS = ROOT / "datprl_edge" / "weights"
-NAME = "edge-xs.safetensors"
 
 
 def main(argv=None) -> int:
@@ -29,6 +28,7 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher", default="bundled:teacher-ref-v2")
     ap.add_argument("--hardware", default="CPU, 1 torch thread, 2-core AMD EPYC VM shared with other jobs")
     ap.add_argument("--note", default="")
+    ap.add_argument("--name", default="edge-xs", help="bundled name (a registered student)")
     args = ap.parse_args(argv)
 
     from datprl_edge.fold.routing import routing_table
@@ -41,7 +41,8 @@ def main(argv=None) -> int:
     table = routing_table(model)
     extra = {**cfg.extra, "routing_table": json.dumps(table, separators=(",", ":"))}
     cfg = dataclasses.replace(cfg, extra=extra)
-    dest = save_checkpoint(WEIGHTS / NAME, state, cfg)
+    name = f"{args.name}.safetensors"
+    dest = save_checkpoint(WEIGHTS / name, state, cfg)
 
     progress = json.loads((args.run / "progress.json").read_text())
     train = [json.loads(line) for line in (args.run / "train.jsonl").read_text().splitlines() if line.strip()]
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
     }
     if args.note:
         entry["note"] = args.note
-    manifest["files"][NAME] = entry
+    manifest["files"][name] = entry
     write_text_atomic(manifest_path, json.dumps(manifest, indent=1) + "\n")
     print(f"shipped {dest} ({entry['steps']} steps, sha256 {entry['sha256'][:12]})")
     return 0
