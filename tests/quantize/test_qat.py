@@ -270,3 +270,26 @@ def test_calibration_ranges_mean_or_extremes():
     assert highs["extremes"] == pytest.approx(1.0) and highs["mean"] == pytest.approx(0.625)
     with pytest.raises(ConfigError, match="calibration ranges"):
         calibrate(prepared, [dim], ranges="median")
+
+
+def test_openvino_keeps_block_outputs_float(student, monkeypatch):
+    """NNCF's CPU placement quantizes every add and product output; the toolkit's (quantize.openvino.
+    FLOAT_OPS) keeps an add or product quantized only where it is a conv's input, and every conv still
+    has int8 weights."""
+    from datprl_edge.quantize import openvino as openvino_quant
+
+    def eltwise_quantizers():
+        prepared = openvino_quant.prepare(student, example_inputs(student, SIZE))
+        hooks = [h for c in openvino_quant.backend_state(prepared)["nncf_config"]["compression_state"]
+                 for h in c["hook_names_in_model"]]
+        return hooks, {h for h in hooks if "/add/" in h or "/mul/" in h}
+
+    hooks, ours = eltwise_quantizers()
+    monkeypatch.setattr(openvino_quant, "FLOAT_OPS", ())
+    _, nncf_default = eltwise_quantizers()
+    assert ours < nncf_default and len(ours) <= len(nncf_default) - 10
+    blocks = [n for n, m in student.named_modules() if type(m).__name__ == "EdgeBlock"]
+    assert sum(h.startswith("post_hooks./add/") for h in ours) < len(blocks)  # not every block output
+    weights = [h for h in hooks if h.startswith("pre_hooks.") and "conv2d" in h and h.endswith("__1.0")]
+    assert {"pre_hooks.intro/conv2d/0__1.0", "pre_hooks.ending/conv2d/0__1.0"} <= set(weights)
+    assert len(weights) >= 40  # every pixel-path conv's weight is int8
