@@ -355,3 +355,24 @@ _SIZES = {
 
 for _name, (_opts, _desc) in _SIZES.items():
     register_model(_name, "EdgeDATPRL", _opts, _desc, role="student")
+
+
+def with_stem(student: EdgeDATPRL, stem: int) -> EdgeDATPRL:
+    """A copy of a full-resolution student (stem 1) that runs at 1/stem resolution: every block keeps
+    its weights, the intro conv reads the mean of each stem x stem pixel block and the ending conv
+    writes its residual to every pixel of the block. Exactly, out(x) = x + up(s(a) - a) for
+    a = avgpool(x), s the student and up nearest upsampling (sizes a multiple of the pad): a
+    distillation start that already restores at the coarser scale. Activation bounds are dropped."""
+    options = dict(student.datprl_config["options"])
+    if options.get("stem", 1) != 1:
+        raise ConfigError(f"with_stem takes a full-resolution student (stem 1), got stem {options['stem']}")
+    options.pop("act_bounds", None)
+    out = EdgeDATPRL(**{**options, "stem": stem})
+    state = {k: v.clone() for k, v in student.state_dict().items() if k in out.state_dict()}
+    phases = stem * stem  # PixelUnshuffle puts channel c, phase p at c * phases + p
+    state["intro.weight"] = student.intro.weight.detach().repeat_interleave(phases, dim=1) / phases
+    state["ending.weight"] = student.ending.weight.detach().repeat_interleave(phases, dim=0)
+    state["ending.bias"] = student.ending.bias.detach().repeat_interleave(phases, dim=0)
+    out.load_state_dict(state, strict=True)
+    out.datprl_config = {"arch": "EdgeDATPRL", "options": {**options, "stem": stem}}
+    return out.eval()

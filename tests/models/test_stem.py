@@ -107,3 +107,35 @@ def test_checkpoint_round_trip_and_export(lat, tmp_path):
     with torch.inference_mode():
         want = lat(torch.from_numpy(x)).numpy()
     assert got.shape == want.shape and np.abs(got - want).max() <= 1e-4
+
+
+def test_with_stem_starts_from_the_full_resolution_student(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch.nn.functional as F
+
+    from datprl_edge.models.loading import load_model
+    from datprl_edge.models.student import with_stem
+
+    torch.manual_seed(1)
+    xs = create_model("edge-xs").eval()
+    with torch.no_grad():
+        xs.ending.weight.normal_(std=0.05)
+    lat = with_stem(xs, 2)
+    assert lat.datprl_config["options"]["stem"] == 2 and lat.pad_multiple == 16
+    x = torch.rand(1, 3, 64, 80)
+    with torch.inference_mode():
+        a = F.avg_pool2d(x, 2)
+        want = x + F.interpolate(xs(a) - a, scale_factor=2, mode="nearest")
+        assert (lat(x) - want).abs().max() <= 1e-5
+    with pytest.raises(ConfigError, match="full-resolution student"):
+        with_stem(lat, 2)
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "init.safetensors"
+    run = [sys.executable, str(root / "scripts" / "stem_init.py"), "bundled:edge-xs", str(out)]
+    assert subprocess.run(run, capture_output=True, text=True, timeout=120).returncode == 0
+    assert load_model(out).pad_multiple == 16
+    again = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "exists" in again.stderr
