@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE.parent))
 import artifacts as build  # noqa: E402
 import quality  # noqa: E402
 from profile_openvino import profile  # noqa: E402
-from run_headline import bench, by_artifact, profile_text, target, timed  # noqa: E402
+from run_headline import bench, by_artifact, profile_text, target, target_line, timed  # noqa: E402
 
 from datprl_edge.bench.driver import BenchConfig  # noqa: E402
 from datprl_edge.core.host import default_threads, isa_block, load_average  # noqa: E402
@@ -178,8 +178,7 @@ def main(argv=None) -> int:
     if png:
         write_bytes_atomic(out_dir / "frontier.png", png)
     for t in doc["targets"]:
-        print(f"{t['name']}: {t['measured']} {t['unit']} (target {t['target']}) "
-              f"{'met' if t['met'] else 'MISSED ' + t['missed_by']}", flush=True)
+        print(target_line(t), flush=True)
     print(f"wrote {out_dir / 'frontier.json'}", flush=True)
     return 0
 

@@ -84,6 +84,11 @@ def target(name: str, measured: float, limit: float, unit: str, higher_is_better
     return entry
 
 
+def target_line(t: dict) -> str:
+    verdict = "met" if t["met"] else f"MISSED {t['missed_by']}. {t.get('limits', '')}".rstrip()
+    return f"{t['name']}: {t['measured']} {t['unit']} (target {t['target']}) {verdict}"
+
+
 def suite_speedup(arts, threads) -> dict:
     student, full = Path(arts["student"]["paths"]["openvino_int8"]), Path(arts["full"]["path"])
     fast = bench([student], timed((256, 256), threads, warmup=5), "student")
@@ -395,8 +400,7 @@ def main(argv=None) -> int:
         path = out_dir / f"{name}.json"
         write_text_atomic(path, json.dumps(doc, indent=2) + "\n")
         for t in result["targets"]:
-            print(f"{name}: {t['name']}: {t['measured']} {t['unit']} (target {t['target']}) "
-                  f"{'met' if t['met'] else 'MISSED ' + t['missed_by'] + '. ' + t['limits']}", flush=True)
+            print(f"{name}: {target_line(t)}", flush=True)
         print(f"wrote {path}", flush=True)
     return 0
 
