@@ -1,7 +1,8 @@
 """Where NNCF's activation quantizers go, and what it costs: the OpenVINO INT8 scheme with NNCF's own
-CPU placement (a quantizer on every add and product output too) against the toolkit's (adds and
-products float, `quantize.openvino.FLOAT_OPS`), per student: PTQ drop per task (torch fake-quant on
-`qat_accuracy.py`'s validation pairs) and OpenVINO INT8 latency at 256x256 in alternating rounds.
+CPU placement (a quantizer on every add and product output too), with adds float, and the toolkit's
+(adds and products float, `quantize.openvino.FLOAT_OPS`), per student: PTQ drop per task (torch
+fake-quant on `qat_accuracy.py`'s validation pairs) and OpenVINO INT8 latency at 256x256 in
+alternating rounds.
 
     python benchmarks/openvino_float_ops.py [--students edge-xs,edge-lat] [--rounds 2] [--threads N]
 
@@ -28,7 +29,7 @@ from datprl_edge.bench.driver import BenchConfig  # noqa: E402
 from datprl_edge.core.host import default_threads, isa_block, load_average  # noqa: E402
 from datprl_edge.io.atomic import write_text_atomic  # noqa: E402
 
-PLACEMENTS = {"nncf_default": (), "float_add_mul": None}  # None: the toolkit's FLOAT_OPS
+PLACEMENTS = {"nncf_default": (), "float_add": ("add", "__add__"), "float_add_mul": None}  # None: FLOAT_OPS
 
 
 def main(argv=None) -> int:
