@@ -32,8 +32,9 @@ def frontier_table(doc: dict | None) -> Table:
                      _gain(q.get("openvino_fp32", {}).get("val")), _gain(int8.get("val")),
                      _gain(int8.get("shifted")), above])
     full = doc.get("latency", {}).get("full_6t_ms", {})
+    env = doc.get("environment", {})
     caption = (f"From frontier.json ({doc.get('created', '?')}, {doc.get('threads', '?')} threads, "
-               f"{doc.get('environment', {}).get('cpu', '')}): OpenVINO CPU p50 at 256x256, median of "
+               f"{env.get('cpu_model', '?')}, {env.get('isa', '?')}): OpenVINO CPU p50 at 256x256, median of "
                f"{len(doc.get('latency', {}).get('rounds', []))} alternating rounds; the 6T full model "
                f"(FP32 OpenVINO, random weights) {full.get('mean', 0):.0f} ms mean in the same run. Gains: "
                "mean PSNR over the degraded input on quality.py's held-out val and shifted sets "
