@@ -1,8 +1,8 @@
 """Where NNCF's activation quantizers go, and what it costs: the OpenVINO INT8 scheme with NNCF's own
 CPU placement (a quantizer on every add and product output too), with adds float, and the toolkit's
-(adds and products float, `quantize.openvino.FLOAT_OPS`), per student: PTQ drop per task (torch
-fake-quant on `qat_accuracy.py`'s validation pairs) and OpenVINO INT8 latency at 256x256 in
-alternating rounds.
+(adds and products float, `quantize.openvino.FLOAT_OPS`), each on the exactly rewritten student the
+scheme quantizes (gates split, layer scales folded), per student: PTQ drop per task (torch fake-quant
+on `qat_accuracy.py`'s validation pairs) and OpenVINO INT8 latency at 256x256 in alternating rounds.
 
     python benchmarks/openvino_float_ops.py [--students edge-xs,edge-lat] [--rounds 2] [--threads N]
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import os
 
+from datprl_edge.models.student_blocks import Halves, fold_layer_scales, split_gates
 from datprl_edge.quantize.feed import example_context_size, mark
 from datprl_edge.quantize.scope import PROMPT_PATH, prompt_path_modules
 
@@ -39,13 +40,19 @@ TARGET = "openvino"
 # the gates pass through 8 bits at every block, which costs ~1 dB on a task restored to ~40 dB (CT).
 # As an ignored type an add or product keeps a quantizer only where its output is a conv's input
 # (NNCF then puts that input quantizer on it); the block outputs stay float
-# (benchmarks/results/qat_openvino_float_ops.json: PTQ CT drop 1.11 -> 0.32 dB).
+# (benchmarks/results/qat_openvino_float_ops.json: PTQ CT drop 1.11 -> 0.32 dB). Float sums would move
+# float data through each SimpleGate's channel split; the exact rewrites below remove the split.
 FLOAT_OPS = ("add", "__add__", "mul", "__mul__")
+# Bumped whenever the prepared module changes: a QAT checkpoint only loads into the module it was made
+# with. 2: float adds and products, gates split and layer scales folded before NNCF.
+SCHEME_VERSION = 2
 STACK = "NNCF QAT (nncf.quantize on the torch module, then fine-tuning)"
 SCHEME = {
     "target": TARGET,
     "stack": STACK,
-    "quantizer": "nncf.quantize(preset=PERFORMANCE, target_device=CPU): NNCF's OpenVINO quantizer placement",
+    "version": SCHEME_VERSION,
+    "quantizer": ("nncf.quantize(preset=PERFORMANCE, target_device=CPU) with adds and products as ignored "
+                  "types, on the student rewritten exactly (fold_layer_scales, split_gates)"),
     "weights": "int8 symmetric per output channel (NNCF), scales trained in QAT",
     "activations": ("8-bit symmetric per tensor on conv inputs (signed or unsigned from the data), "
                     "trainable scales; adds and products (residual stream, gates) float"),
@@ -109,7 +116,8 @@ def prepare(model, example_inputs, float_layers=(), calib=None):
     import torch
 
     nncf = _nncf()
-    model = copy.deepcopy(model).eval()
+    model = _rewritten(model)
+    float_layers = _split_names(model, float_layers)
     images = calib if calib is not None else [example_inputs[0]]
     data = [nncf_input(model, x, example_inputs) for x in images]
     example = nncf_input(model, example_inputs[0], example_inputs)
@@ -122,6 +130,24 @@ def prepare(model, example_inputs, float_layers=(), calib=None):
                           preset=nncf.QuantizationPreset.PERFORMANCE, target_device=nncf.TargetDevice.CPU,
                           ignored_scope=ignored)
     return mark(q.eval(), example_inputs)
+
+
+def _rewritten(model):
+    """An eval copy with the exact rewrites the ONNX scheme also makes: layer scales folded into the
+    convs and each SimpleGate's conv cut into its two halves (no channel split between int8 convs)."""
+    model = copy.deepcopy(model).eval()
+    fold_layer_scales(model)
+    split_gates(model)
+    return model
+
+
+def _split_names(model, layers) -> list:
+    """Float layer names on the rewritten model: a split conv stands for both its halves."""
+    out = []
+    for name in layers:
+        mod = model.get_submodule(name)
+        out += [f"{name}.a", f"{name}.b"] if isinstance(mod, Halves) else [name]
+    return out
 
 
 def nncf_input(model, image, example_inputs):
@@ -188,5 +214,5 @@ def rebuild(model, example_inputs, float_layers=(), backend_state=None):
     nncf = _nncf()
     if not backend_state or "nncf_config" not in backend_state:
         return prepare(model, example_inputs, float_layers)
-    model = copy.deepcopy(model).eval()
+    model = _rewritten(model)
     return mark(nncf.torch.load_from_config(model, backend_state["nncf_config"]).eval(), example_inputs)
