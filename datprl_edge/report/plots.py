@@ -169,7 +169,8 @@ def frontier_plot(doc: dict) -> bytes | None:
             ax.scatter(ms, gain, s=70, color=cmap[i], marker=PRECISION_MARKERS.get(precision, "D"),
                        edgecolors="black", linewidths=0.6, zorder=3)
             ax.annotate(f"{name} {precision}\n{ms:.1f} ms, {gain:+.2f} dB", (ms, gain),
-                        textcoords="offset points", xytext=(6, 6), fontsize=7.5)
+                        textcoords="offset points", xytext=(6, 6) if precision == "fp32" else (6, -24),
+                        fontsize=7.5)
     full = (doc.get("latency") or {}).get("full_6t_ms")
     if full:
         ax.axvline(full["p50"] / 500.0, color="#aa3333", ls=":", lw=1,
@@ -182,6 +183,13 @@ def frontier_plot(doc: dict) -> bytes | None:
         ax.scatter([], [], c="white", edgecolors="black", marker=PRECISION_MARKERS[prec],
                    label=f"OpenVINO {prec}")
     ax.set_xscale("log")
+    from matplotlib.ticker import ScalarFormatter
+
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, hi + 0.15 * (hi - lo))
     h, w = doc.get("shape", [256, 256])
     ax.set_xlabel(f"p50 latency (ms), OpenVINO CPU, {h}x{w}, {doc.get('threads', '?')} threads")
     ax.set_ylabel("mean PSNR gain over the input (dB), held-out val set")

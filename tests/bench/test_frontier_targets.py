@@ -18,18 +18,24 @@ def _doc(int8_ms, fp32_ms, gain):
     median = {"edge-lat_openvino_fp32.xml": {"p50": sorted(fp32_ms)[1], "mean": sorted(fp32_ms)[1]},
               "edge-lat_openvino_int8.xml": {"p50": sorted(int8_ms)[1], "mean": sorted(int8_ms)[1]}}
     return {"latency": {"rounds": rounds, "median_ms": median, "full_6t_ms": {"p50": 4000.0, "mean": 4000.0}},
-            "members": {"edge-lat": {"artifacts": arts,
-                                     "quality": {"openvino_int8": {"val": {"mean_gain_db": gain}}}}}}
+            "members": {"edge-lat": {"artifacts": arts, "quality": {
+                "openvino_fp32": {"val": {"mean_gain_db": gain + 0.1,
+                                          "tasks": {"a": {"psnr": 30.0}, "b": {"psnr": 20.0}}}},
+                "openvino_int8": {"val": {"mean_gain_db": gain,
+                                          "tasks": {"a": {"psnr": 29.95}, "b": {"psnr": 19.7}}}}}}}}
 
 
 def test_targets_from_the_figures():
     rows = frontier.frontier_targets(_doc([6.0, 7.0, 9.0], [12.0, 10.0, 9.0], 1.2))
-    lat, speed, ratio, gain = rows
+    lat, speed, ratio, gain, drop = rows
     assert lat["measured"] == 7.0 and lat["met"] and lat["unit"] == "ms"
     assert speed["measured"] == pytest.approx(4000 / 7.0, abs=1e-3) and speed["met"]
     assert ratio["measured"] == pytest.approx(10 / 7.0, abs=1e-3) and not ratio["met"]  # median of 2, 1.43, 1
     assert "short" in ratio["missed_by"]
     assert gain["measured"] == 1.2 and not gain["met"] and gain["target"] == 1.5
+    assert drop["measured"] == pytest.approx(0.3) and not drop["met"] and drop["unit"] == "dB"
+    drops = frontier.int8_drops(_doc([6.0, 7.0, 9.0], [12.0, 10.0, 9.0], 1.2)["members"]["edge-lat"])
+    assert drops["val"]["worst_task"] == "b" and drops["val"]["tasks"]["a"] == pytest.approx(0.05)
 
 
 def test_no_latency_first_member_no_targets():
