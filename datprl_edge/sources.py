@@ -79,8 +79,10 @@ def locate_model(spec, network=None, *, random_init: bool = False) -> ModelSourc
         path = bundled_path(name)
         label = spec
         student, shipped, _ = name.rpartition("-int8-")
-        if shipped and BUNDLED_PREFIX + student == DEFAULT_STUDENT:  # named as the student's own artifacts
-            name, label = student, f"{DEFAULT_STUDENT} (shipped QAT weights {path.name})"
+        from datprl_edge.models.loading import bundled_exists
+
+        if shipped and bundled_exists(student):  # named as the student's own artifacts
+            name, label = student, f"{BUNDLED_PREFIX}{student} (shipped QAT weights {path.name})"
         return _file_source(spec, "bundled", path, network, name, label)
     path = Path(spec)
     if path.exists() or not random_init or os.sep in spec or "/" in spec \

@@ -40,8 +40,9 @@ TARGET = "openvino"
 # the gates pass through 8 bits at every block, which costs ~1 dB on a task restored to ~40 dB (CT).
 # As an ignored type an add or product keeps a quantizer only where its output is a conv's input
 # (NNCF then puts that input quantizer on it); the block outputs stay float
-# (benchmarks/results/qat_openvino_float_ops.json: edge-xs PTQ CT drop 0.82 -> 0.29 dB, same speed). Float sums would move
-# float data through each SimpleGate's channel split; the exact rewrites below remove the split.
+# (benchmarks/results/qat_openvino_float_ops.json: edge-xs PTQ CT drop 0.82 -> 0.29 dB, same speed).
+# Float sums would move float data through each SimpleGate's channel split; the exact rewrites below
+# remove the split.
 FLOAT_OPS = ("add", "__add__", "mul", "__mul__")
 # Bumped whenever the prepared module changes: a QAT checkpoint only loads into the module it was made
 # with. 2: float adds and products, gates split and layer scales folded before NNCF.

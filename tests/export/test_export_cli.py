@@ -205,6 +205,10 @@ def test_default_model_takes_each_targets_shipped_int8_weights():
     assert export_plan("bundled:edge-xs-int8-onnx", config) == [(config, "bundled:edge-xs-int8-onnx")]
     fp32 = dataclasses.replace(config, precision="fp32")
     assert export_plan("bundled:edge-xs", fp32) == [(fp32, "bundled:edge-xs")]
+    lat = [(c.targets, c.precision, spec) for c, spec in export_plan("bundled:edge-lat", config)]
+    assert lat == [(("openvino",), "int8", "bundled:edge-lat-int8-openvino"),
+                   (("onnx",), "fp32,int8", "bundled:edge-lat"), (("openvino",), "fp32", "bundled:edge-lat")]
+    assert locate_model("bundled:edge-lat-int8-openvino").name == "edge-lat"
 
 
 def test_mission_command_needs_no_output(capsys, tmp_path, monkeypatch):
