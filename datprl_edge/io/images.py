@@ -257,7 +257,8 @@ def _read_tiff(path: Path) -> np.ndarray:
         if "imagecodecs" in str(e):
             return _read_pillow(path)  # Pillow decodes LZW and JPEG TIFFs without imagecodecs
         raise _fail(path, e) from None
-    except (tifffile.TiffFileError, OSError, EOFError, KeyError, IndexError, zlib.error) as e:
+    except (tifffile.TiffFileError, OSError, EOFError, KeyError, IndexError, zlib.error,
+            ArithmeticError, TypeError) as e:  # the last two: tifffile on corrupted tag values (fuzz)
         raise _fail(path, e) from None
     if arr is None:
         return _read_pillow(path)  # palette indices -> RGB

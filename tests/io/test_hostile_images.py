@@ -53,6 +53,24 @@ def test_png_size_bombs_are_refused_from_the_header(tmp_path, width, height, dep
     assert "DATPRL_EDGE_MAX_PIXELS" in msg and "\n" not in msg
 
 
+@pytest.mark.parametrize("error", [ZeroDivisionError("integer division or modulo by zero"),
+                                   TypeError("'<' not supported between instances of 'tuple' and 'int'")])
+def test_tiff_parser_arithmetic_on_corrupted_tags_is_one_error(tmp_path, monkeypatch, error):
+    """What tifffile raised on two fuzzed TIFFs (flipped tag bytes) ends in one ImageReadError line."""
+    import tifffile
+
+    path = tmp_path / "a.tif"
+    tifffile.imwrite(path, np.zeros((8, 8, 3), np.uint8), photometric="rgb")
+
+    def broken(*_a, **_k):
+        raise error
+
+    monkeypatch.setattr(tifffile, "TiffFile", broken)
+    with pytest.raises(ImageReadError) as e:
+        read_image(path)
+    assert "a.tif" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_tiff_declaring_a_huge_image_is_refused(tmp_path):
     path = tmp_path / "bomb.tif"
     tifffile.imwrite(path, np.zeros((16, 16), np.uint8), compression="zlib")

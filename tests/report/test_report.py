@@ -115,8 +115,9 @@ def test_report_files_tables_and_figures(run_dir, tmp_path):
     for section in ('id="artifacts"', 'id="psnr"', 'id="latency"', 'id="pareto"', 'id="bars"', 'id="visuals"',
                     'id="candidates"', 'id="sources"'):
         assert section in html
-    # Pareto plot, per-task bars and one visual row, all embedded
-    assert len(re.findall(r'src="data:image/png;base64,', html)) == 3
+    # Pareto plot, per-task bars and one visual row, all embedded (+ the committed frontier plot, if any)
+    frontier = 'alt="student family frontier plot"' in html
+    assert len(re.findall(r'src="data:image/png;base64,', html)) == 3 + frontier
     assert "Test CPU 9000" in html and "AVX2 without VNNI (test)" in html  # where latency was measured
     md = out.with_suffix(".md").read_text()
     assert "| s_onnx_int8.onnx | onnx | int8 |" in md and "Recommended operating point" in md

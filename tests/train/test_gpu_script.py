@@ -35,12 +35,12 @@ def test_gpu_script_runs_two_steps_per_phase_on_cpu(tmp_path):
     assert "student:" in (out / "log.txt").read_text()
 
 
-def test_gpu_script_distils_another_student_from_random_weights(tmp_path):
+def test_gpu_script_distils_another_student(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "WORK": str(tmp_path / "work"), "PYTHON": sys.executable}
     argv = ["bash", "scripts/gpu_train.sh", "--device", "cpu", "--max-steps", "2", "--batch", "2",
             "--crop", "32", "--workers", "2", "--val-every", "1", "--val-count", "1", "--val-size", "32",
-            "--warmup", "1", "--student-budget", "60", "--skip-teacher", "--student", "edge-lat"]
+            "--warmup", "1", "--student-budget", "60", "--skip-teacher", "--student", "edge-lat", "--scratch"]
     proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
