@@ -73,33 +73,45 @@ def latency(members: dict, full: Path, rounds: int, seconds: float, threads: int
     return out
 
 
-def score(path: Path, count: int) -> dict:
-    """Per task and set: the artifact's PSNR gain over the degraded input (quality.py's pairs)."""
-    from datprl_edge.core.metrics import mean_psnr
+def score(members: dict, count: int) -> dict:
+    """For each member's artifacts ({member: {key: path}}), per set and task: the artifact's PSNR gain over
+    the degraded input on quality.py's pairs. The pairs and the input's scores are made once."""
     from datprl_edge.data.tasks import resolve_tasks
     from datprl_edge.evaluate.driver import open_model
 
-    runner = open_model(str(path))[0]
     args = argparse.Namespace(size=256, medical_size=384, count=count, seed=0)
 
     class _NoBar:
         def update(self, n=1):
             pass
 
-    sets = {}
+    sets = []
     for name in ("val", "shifted"):
-        per_task = {}
         for task in resolve_tasks("9task"):
-            _, _, pairs = quality.make_sets(task, args, name == "shifted")
-            inp = quality._score(pairs, lambda x: x, task.grayscale, _NoBar())[0]
-            out, _, sec = quality._score(pairs, runner, task.grayscale, _NoBar())
-            per_task[task.id] = {"gain_db": round(mean_psnr(out) - mean_psnr(inp), 4),
-                                 "psnr": round(mean_psnr(out), 4),
-                                 "harm": int(sum(o < i for o, i in zip(out, inp)))}
-        gains = [t["gain_db"] for t in per_task.values()]
-        sets[name] = {"tasks": per_task, "mean_gain_db": round(statistics.fmean(gains), 4),
-                      "tasks_above_input": sum(g > 0 for g in gains)}
-    return sets
+            pairs = quality.make_sets(task, args, name == "shifted")[2]
+            sets.append((name, task, pairs, quality._score(pairs, lambda x: x, task.grayscale, _NoBar())[0]))
+    out = {}
+    for member, paths in members.items():
+        for key, path in paths.items():
+            runner, per_set = open_model(str(path))[0], {}
+            for name, task, pairs, inp in sets:
+                got = quality._score(pairs, runner, task.grayscale, _NoBar())[0]
+                per_set.setdefault(name, {})[task.id] = _task_row(got, inp)
+            out.setdefault(member, {})[key] = {name: _set_row(rows) for name, rows in per_set.items()}
+    return out
+
+
+def _task_row(got, inp) -> dict:
+    from datprl_edge.core.metrics import mean_psnr
+
+    return {"gain_db": round(mean_psnr(got) - mean_psnr(inp), 4), "psnr": round(mean_psnr(got), 4),
+            "harm": int(sum(o < i for o, i in zip(got, inp)))}
+
+
+def _set_row(per_task: dict) -> dict:
+    gains = [t["gain_db"] for t in per_task.values()]
+    return {"tasks": per_task, "mean_gain_db": round(statistics.fmean(gains), 4),
+            "tasks_above_input": sum(g > 0 for g in gains)}
 
 
 def stages(name: str, threads: int) -> dict:
@@ -208,13 +220,14 @@ def main(argv=None) -> int:
                                   *(sys.argv[1:] if argv is None else argv)]),
            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "environment": isa_block(), "threads": threads,
            "load_average_start": load_start, "shape": list(SHAPE), "latency": lat, "members": {}}
+    scores = {} if args.no_quality else score({n: m["paths"] for n, m in members.items()}, args.count)
     for n, m in members.items():
         entry = {"artifacts": m["paths"], "sources": m["sources"], **stages(n, threads)}
         entry["openvino_ms"] = {k: lat["median_ms"][Path(p).name] for k, p in m["paths"].items()}
         entry["speedup_vs_6t_mean"] = {k: round(lat["full_6t_ms"]["mean"] / v["mean"], 1)
                                        for k, v in entry["openvino_ms"].items()}
         if not args.no_quality:
-            entry["quality"] = {k: score(Path(p), args.count) for k, p in m["paths"].items()}
+            entry["quality"] = scores[n]
         doc["members"][n] = entry
     doc["load_average_end"] = load_average()
     doc["cpus"] = os.cpu_count()

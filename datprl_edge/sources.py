@@ -73,14 +73,12 @@ def locate_model(spec, network=None, *, random_init: bool = False) -> ModelSourc
     name raises with a "did you mean"). A checkpoint path that does not exist raises."""
     spec = str(spec)
     if spec.startswith(BUNDLED_PREFIX):
-        from datprl_edge.models.loading import bundled_path
+        from datprl_edge.models.loading import bundled_exists, bundled_path
 
         name = spec[len(BUNDLED_PREFIX):]
         path = bundled_path(name)
         label = spec
         student, shipped, _ = name.rpartition("-int8-")
-        from datprl_edge.models.loading import bundled_exists
-
         if shipped and bundled_exists(student):  # named as the student's own artifacts
             name, label = student, f"{BUNDLED_PREFIX}{student} (shipped QAT weights {path.name})"
         return _file_source(spec, "bundled", path, network, name, label)

@@ -167,6 +167,17 @@ def fold_layer_scales(model) -> int:
     return changed
 
 
+def rewritten_copy(model):
+    """An eval-mode copy with the exact rewrites INT8 schemes quantize: layer scales folded into their
+    convs (`fold_layer_scales`), then each SimpleGate's conv cut in halves (`split_gates`)."""
+    import copy
+
+    model = copy.deepcopy(model).eval()
+    fold_layer_scales(model)
+    split_gates(model)
+    return model
+
+
 class QueryMapper(nn.Module):
     """Feature map -> prompt-pool query: conv + ReLU, global mean, Linear.
 

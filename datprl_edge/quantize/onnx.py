@@ -42,7 +42,7 @@ import copy
 import warnings
 
 from datprl_edge.core.errors import ConfigError
-from datprl_edge.models.student_blocks import fold_layer_scales, split_gates
+from datprl_edge.models.student_blocks import rewritten_copy
 from datprl_edge.quantize.feed import example_context_size, mark
 from datprl_edge.quantize.scope import PROMPT_PATH, prompt_path_modules
 
@@ -169,9 +169,7 @@ def export_graph(model, example_inputs):
     x = example_inputs[0]
     if x.shape[0] < 2:
         raise ConfigError("PT2E examples need a batch of at least 2 (a batch of 1 would be traced as fixed)")
-    model = copy.deepcopy(model).eval()
-    fold_layer_scales(model)  # exact rewrites, see the module docstring
-    split_gates(model)
+    model = rewritten_copy(model)  # exact rewrites, see the module docstring
     dims = [{0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}]
     if len(example_inputs) == 3:
         # positional (image, context, context_mix); the student's second positional input is an override

@@ -31,7 +31,7 @@ from __future__ import annotations
 import copy
 import os
 
-from datprl_edge.models.student_blocks import Halves, fold_layer_scales, split_gates
+from datprl_edge.models.student_blocks import Halves, rewritten_copy
 from datprl_edge.quantize.feed import example_context_size, mark
 from datprl_edge.quantize.scope import PROMPT_PATH, prompt_path_modules
 
@@ -117,7 +117,7 @@ def prepare(model, example_inputs, float_layers=(), calib=None):
     import torch
 
     nncf = _nncf()
-    model = _rewritten(model)
+    model = rewritten_copy(model)  # no channel split between int8 convs
     float_layers = _split_names(model, float_layers)
     images = calib if calib is not None else [example_inputs[0]]
     data = [nncf_input(model, x, example_inputs) for x in images]
@@ -131,15 +131,6 @@ def prepare(model, example_inputs, float_layers=(), calib=None):
                           preset=nncf.QuantizationPreset.PERFORMANCE, target_device=nncf.TargetDevice.CPU,
                           ignored_scope=ignored)
     return mark(q.eval(), example_inputs)
-
-
-def _rewritten(model):
-    """An eval copy with the exact rewrites the ONNX scheme also makes: layer scales folded into the
-    convs and each SimpleGate's conv cut into its two halves (no channel split between int8 convs)."""
-    model = copy.deepcopy(model).eval()
-    fold_layer_scales(model)
-    split_gates(model)
-    return model
 
 
 def _split_names(model, layers) -> list:
@@ -215,5 +206,5 @@ def rebuild(model, example_inputs, float_layers=(), backend_state=None):
     nncf = _nncf()
     if not backend_state or "nncf_config" not in backend_state:
         return prepare(model, example_inputs, float_layers)
-    model = _rewritten(model)
+    model = rewritten_copy(model)  # no channel split between int8 convs
     return mark(nncf.torch.load_from_config(model, backend_state["nncf_config"]).eval(), example_inputs)
