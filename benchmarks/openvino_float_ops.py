@@ -1,12 +1,15 @@
 """Where NNCF's activation quantizers go, and what it costs: the OpenVINO INT8 scheme with NNCF's own
-CPU placement (a quantizer on every add and product output too), with adds float, and the toolkit's
-(adds and products float, `quantize.openvino.FLOAT_OPS`), each on the exactly rewritten student the
-scheme quantizes (gates split, layer scales folded), per student: PTQ drop per task (torch fake-quant
-on `qat_accuracy.py`'s validation pairs) and OpenVINO INT8 latency at 256x256 in alternating rounds.
+CPU placement (a quantizer on every add and product output too), with adds float, with adds and
+products float (scheme 2), and the toolkit's (`quantize.openvino.FLOAT_OPS`: also pixel shuffles and
+means; then also the image convs `IMAGE_LAYERS`; then also the channel-attention convs), each on the
+exactly rewritten student the scheme quantizes (gates split, layer scales folded), per student: PTQ
+drop per task (torch fake-quant on `qat_accuracy.py`'s validation pairs) and OpenVINO INT8 latency at
+256x256 in alternating rounds.
 
     python benchmarks/openvino_float_ops.py [--students edge-xs,edge-lat] [--rounds 2] [--threads N]
+        [--placements P1,P2] [--out JSON]
 
-Writes benchmarks/results/qat_openvino_float_ops.json.
+Writes benchmarks/results/qat_openvino_float_ops.json by default.
 """
 
 from __future__ import annotations
@@ -29,13 +32,19 @@ from datprl_edge.bench.driver import BenchConfig  # noqa: E402
 from datprl_edge.core.host import default_threads, isa_block, load_average  # noqa: E402
 from datprl_edge.io.atomic import write_text_atomic  # noqa: E402
 
-PLACEMENTS = {"nncf_default": (), "float_add": ("add", "__add__"), "float_add_mul": None}  # None: FLOAT_OPS
+ADD, MUL = ("add", "__add__"), ("mul", "__mul__")
+# name: (NNCF ignored types, image convs float, channel-attention convs float); None: the toolkit's own
+PLACEMENTS = {"nncf_default": ((), False, False), "float_add": (ADD, False, False),
+              "float_add_mul": (ADD + MUL, False, False), "float_add_mul_shuffle_mean": (None, False, False),
+              "float_image_convs": (None, True, False), "toolkit": (None, True, True)}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--students", default="edge-xs,edge-lat")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--placements", default=",".join(PLACEMENTS),
+                    help="a comma list of " + ", ".join(PLACEMENTS))
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--artifacts", default=str(HERE.parent / "runs" / "float_ops"))
     ap.add_argument("--out", default=str(HERE / "results" / "qat_openvino_float_ops.json"))
@@ -51,21 +60,24 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     threads = args.threads or default_threads()
-    toolkit_ops = Q.FLOAT_OPS
+    toolkit_ops, toolkit_image, toolkit_pooled = Q.FLOAT_OPS, Q.IMAGE_LAYERS, Q.POOLED_LAYERS
     calib, tasks = calibration_pairs("all")
     val = validation_pairs(tasks, 8, 128)
     doc = {"command": shlex.join(["python", "benchmarks/openvino_float_ops.py",
                                   *(sys.argv[1:] if argv is None else argv)]),
            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "environment": isa_block(), "threads": threads,
            "load_average_start": load_average(), "toolkit_float_ops": list(toolkit_ops),
+           "toolkit_image_layers": list(toolkit_image),
            "accuracy": "PTQ (0 QAT steps) on calibration recipe 'all', torch fake-quant, "
                        "validation_pairs(8 per task, 128 px); drop = FP32 - INT8 PSNR, dB", "students": {}}
     paths = []
     for name in [n for n in args.students.split(",") if n]:
         model = resolve_model(f"bundled:{name}")
         entry = doc["students"][name] = {}
-        for placement, ops in PLACEMENTS.items():
-            Q.FLOAT_OPS = toolkit_ops if ops is None else ops
+        for placement in [p for p in args.placements.split(",") if p]:
+            ops, image, pooled = PLACEMENTS[placement]
+            ops = toolkit_ops if ops is None else ops
+            Q.FLOAT_OPS, Q.IMAGE_LAYERS, Q.POOLED_LAYERS = ops, (toolkit_image if image else ()), pooled
             try:
                 torch.manual_seed(0)
                 cfg = QATConfig(target="openvino", steps=0, batch_size=4, crop=64)
@@ -74,9 +86,11 @@ def main(argv=None) -> int:
                 rep = export_model(res, ExportConfig(targets=("openvino",), precision="int8", overwrite=True,
                                                      model_name=f"{name}-{placement}"), out)
             finally:
-                Q.FLOAT_OPS = toolkit_ops
+                Q.FLOAT_OPS, Q.IMAGE_LAYERS, Q.POOLED_LAYERS = toolkit_ops, toolkit_image, toolkit_pooled
             drop = res.metrics["drop_db"]
-            entry[placement] = {"float_ops": list(toolkit_ops if ops is None else ops),
+            entry[placement] = {"float_ops": list(ops),
+                                "float_image_layers": list(toolkit_image if image else ()),
+                                "float_channel_attention": pooled,
                                 "drop_db": {k: round(v, 3) for k, v in drop["tasks"].items()},
                                 "worst_drop_db": round(drop["worst"], 3), "artifact": rep[0].path.name}
             paths.append(rep[0].path)

@@ -52,6 +52,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--lr", type=float, default=3e-5)
     ap.add_argument("--gt-weight", type=float, default=None, help="QATConfig.gt_weight (default: its own)")
+    ap.add_argument("--routing-weight", type=float, default=None,
+                    help="QATConfig.routing_weight (default: its own)")
     ap.add_argument("--freeze-at", type=float, default=None, help="QATConfig.freeze_observers_at")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--crop", type=int, default=64)
@@ -80,6 +82,7 @@ def main(argv=None) -> int:
     from datprl_edge.quantize.inputs import calibration_pairs, search_pairs, validation_pairs
     from datprl_edge.quantize.loop import evaluate
     from datprl_edge.quantize.qat import QATConfig, run_qat, save_qat
+    from datprl_edge.quantize.routing import routing_agreement
 
     torch.manual_seed(0)
     model, model_desc, placeholder = student(args.model, args.student)
@@ -96,6 +99,7 @@ def main(argv=None) -> int:
         "int8_numerics": "torch fake-quant (the prepared QAT module)",
         "settings": {"steps": args.steps, "lr": args.lr, "batch_size": args.batch_size, "crop": args.crop,
                      "max_drop": args.max_drop, "gt_weight": args.gt_weight,
+                     "routing_weight": args.routing_weight,
                      "float_layers": args.float_layers, "freeze_observers_at": args.freeze_at},
         "command": "python benchmarks/qat_accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "env": {"python": platform.python_version(), "torch": torch.__version__,
@@ -112,6 +116,8 @@ def main(argv=None) -> int:
         results = {}
         for name, steps, max_drop in variants:
             extra = {} if args.gt_weight is None else {"gt_weight": args.gt_weight}
+            if args.routing_weight is not None:
+                extra["routing_weight"] = args.routing_weight
             if name.endswith("_float_layers"):
                 extra["float_layers"] = args.float_layers
             if args.freeze_at is not None:
@@ -129,6 +135,9 @@ def main(argv=None) -> int:
                          "seconds": round(time.time() - t0, 1), "float_layers": list(result.float_layers)}
             if "sensitivity" in m:
                 row[name]["sensitivity"] = m["sensitivity"]
+            routing = routing_agreement(model, result.prepared, val, multiple)
+            if routing is not None:
+                row[name]["routing"] = routing
             d = m["drop_db"]
             print(f"{target} {name}: worst drop {d['worst']:+.3f} dB, mean {d['mean']:+.3f} dB", flush=True)
         row["stack"], row["scheme"] = result.scheme["stack"], result.scheme

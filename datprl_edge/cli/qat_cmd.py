@@ -30,6 +30,8 @@ def register(subparsers):
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--crop", type=int, default=64, help="training crop size (multiple of 8); default 64")
     p.add_argument("--lr", type=float, default=3e-5)
+    p.add_argument("--routing-weight", type=float, default=0.0, metavar="W",
+                   help="weight of matching the FP32 model's prompt-routing logits; default 0 (off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-count", type=int, default=4,
                    help="validation pairs per recipe task for the PSNR report and --max-drop "
@@ -63,7 +65,7 @@ def run(args) -> int:
 
     config = QATConfig(target=args.target, steps=args.steps, batch_size=args.batch_size, crop=args.crop,
                        lr=args.lr, float_layers=args.float_layers, max_drop=args.max_drop, seed=args.seed,
-                       best_effort=args.best_effort,
+                       best_effort=args.best_effort, routing_weight=args.routing_weight,
                        checkpoint_every=args.checkpoint_every)
     source = locate_model(args.model)
     model = source.load()

@@ -6,6 +6,7 @@ checkpoints (`prompt_keys`, `prompt_values`, `temperature`, `value_aggregation`)
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
@@ -14,6 +15,19 @@ from torch import nn
 
 TEMPERATURE_RANGE = (0.1, 2.0)
 SELECTION_NOISE = 0.1
+_RECORDERS: list = []
+
+
+@contextlib.contextmanager
+def recorded_routes():
+    """Collects the `Routing` of every `route` call run eagerly inside the block (a traced program's
+    routing is not seen); its logits keep their graph, so a loss can use them."""
+    record: list = []
+    _RECORDERS.append(record)
+    try:
+        yield record
+    finally:
+        _RECORDERS.remove(record)
 
 
 class Routing(NamedTuple):
@@ -53,7 +67,10 @@ class PromptPool(nn.Module):
             choice = logits + SELECTION_NOISE * torch.randn_like(logits)
         idx = choice.topk(self.top_k, dim=-1).indices
         weights = torch.softmax(logits.gather(1, idx), dim=-1)
-        return Routing(logits, idx, weights)
+        routing = Routing(logits, idx, weights)
+        for record in _RECORDERS:
+            record.append(routing)
+        return routing
 
     def compose(self, routing: Routing) -> torch.Tensor:
         vals = self.prompt_values[routing.indices]  # (B, K, T, P)

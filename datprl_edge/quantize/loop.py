@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from datprl_edge.core.errors import ConfigError
 from datprl_edge.core.metrics import batch_psnr, mean_psnr
 from datprl_edge.io.atomic import atomic_path
+from datprl_edge.models.prompt_pool import recorded_routes
 from datprl_edge.quantize.feed import run_image
 from datprl_edge.quantize.scope import frozen_observers, set_observers
 
@@ -147,9 +148,12 @@ def train(prepared, ref_model, pairs, cfg, *, log=None, state_dir=None, frozen=(
     """Distil `ref_model` into the fake-quant `prepared` for cfg.steps steps (in place).
 
     Loss: L1 to the reference output, plus cfg.gt_weight * L1 to the ground truth when every
-    calibration item has one. Observers freeze at cfg.freeze_observers_at of the steps. With
-    `state_dir`, state is saved atomically every cfg.checkpoint_every steps and resumed from there.
-    Parameters under the module names in `frozen` are not trained.
+    calibration item has one, plus cfg.routing_weight * the mean squared difference of every prompt
+    pool's routing logits from the reference's (where the prepared module routes eagerly): the top-k
+    choice is discrete, and INT8 features that move a query across a tie swap a prompt. Observers
+    freeze at cfg.freeze_observers_at of the steps. With `state_dir`, state is saved atomically every
+    cfg.checkpoint_every steps and resumed from there. Parameters under the module names in `frozen`
+    are not trained.
     """
     prefixes = tuple(f"{name}." for name in frozen)
     params = [p for n, p in prepared.named_parameters() if p.requires_grad and not n.startswith(prefixes)]
@@ -165,10 +169,14 @@ def train(prepared, ref_model, pairs, cfg, *, log=None, state_dir=None, frozen=(
     for step in range(start, cfg.steps):
         set_observers(prepared, step < freeze_at)
         lq, gt = random_batch(pairs, cfg.batch_size, cfg.crop, gen)
-        with torch.no_grad():
+        with torch.no_grad(), recorded_routes() as ref_routes:
             target = run_image(ref_model, lq)
-        out = run_image(prepared, lq)
+        with recorded_routes() as routes:
+            out = run_image(prepared, lq)
         loss = F.l1_loss(out, target)
+        if cfg.routing_weight and len(routes) == len(ref_routes):
+            for got, ref in zip(routes, ref_routes):
+                loss = loss + cfg.routing_weight * F.mse_loss(got.logits, ref.logits)
         if use_gt:
             loss = loss + cfg.gt_weight * F.l1_loss(out, gt)
         opt.zero_grad(set_to_none=True)
@@ -188,7 +196,8 @@ def train(prepared, ref_model, pairs, cfg, *, log=None, state_dir=None, frozen=(
 
 def config_key(cfg) -> str:
     """Hash of the settings a resumed run must share with the saved one."""
-    keys = ("target", "steps", "batch_size", "crop", "lr", "gt_weight", "seed", "freeze_observers_at")
+    keys = ("target", "steps", "batch_size", "crop", "lr", "gt_weight", "seed", "freeze_observers_at",
+            "routing_weight")
     blob = json.dumps({k: getattr(cfg, k) for k in keys}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -3,9 +3,10 @@ integer kernels on every x86 CPU, with and without VNNI.
 
 Stack: `torch.export` -> `prepare_qat_pt2e` -> (calibrate / train) -> `convert_pt2e`; the
 converted program exports with `torch.onnx.export(dynamo=True)` to QuantizeLinear /
-DequantizeLinear pairs, which onnxruntime fuses into QLinearConv / QLinearMul / QLinearAdd. The
-annotator is torchao's XNNPACKQuantizer (conv, linear, add, mul, cat with their inputs and outputs:
-the placement onnxruntime's QDQ fusions match) given this scheme's own specs:
+DequantizeLinear pairs, which onnxruntime fuses into QLinearConv / QLinearMul. The annotator is
+torchao's XNNPACKQuantizer (conv, linear, mul, cat with their inputs and outputs: the placement
+onnxruntime's QDQ fusions match) given this scheme's own specs; residual and skip sums stay float
+(scheme 4; rounding the stream to 8 bits at every block cost ~0.5 dB on CT):
 
 - activations uint8 per-tensor affine [0, 255]: onnxruntime's x86 integer kernels are U8S8; int8
   activations are rewritten to uint8 only where a QuantizeLinear has a single consumer, which
@@ -48,10 +49,18 @@ from datprl_edge.quantize.scope import PROMPT_PATH, prompt_path_modules
 
 TARGET = "onnx"
 STACK = "torchao PT2E (torch.export + prepare_qat_pt2e + convert_pt2e)"
+# what `layer_fake_quants` switches off for the sensitivity ranking
+SWITCHED = "one layer's weight and output fake quants off"
 # Bumped whenever the prepared graph or its quantization specs change: a QAT checkpoint stores the
 # prepared state, which only loads into the graph it was made with.
-SCHEME_VERSION = 3
+SCHEME_VERSION = 4
 MIN_INT8_OUT_CHANNELS = 8  # convs with fewer outputs stay float (see _is_narrow_conv)
+# Residual and skip sums stay float: the stream is not rounded to 8 bits at every block (CT drop after
+# QAT 1.03 -> 0.81 dB), at the cost of a dequantize before each sum (onnxruntime node time ~10-20%
+# more). Gate products stay QLinearMul: float ones would halve the CT drop again but give back the
+# INT8 speed (benchmarks/results/qat_onnx_float_eltwise.json: edge-xs PTQ CT drop 1.77 / 1.30 /
+# 0.67 dB for sums and products quantized / sums float / both float).
+FLOAT_ELTWISE = ("add",)
 WEIGHT_QMAX = 63  # 7-bit weights: no int16 saturation in U8S8 kernels without VNNI (module docstring)
 SCHEME = {
     "target": TARGET,
@@ -64,11 +73,11 @@ SCHEME = {
     # activation ranges from calibration: the extremes over all calibration batches (no clipping of
     # calibration activations; measured: worst-task drop 0.207 -> 0.110 dB PTQ against "mean")
     "calibration": "extremes",
-    "quantized_ops": ["conv2d", "linear", "add", "mul (same-shape)", "cat", "pixel_shuffle (shared range)"],
+    "quantized_ops": ["conv2d", "linear", "mul (same-shape)", "cat", "pixel_shuffle (shared range)"],
     "rewrites": "layer scales folded into convs, SimpleGate convs cut in halves (exact)",
-    "float_by_design": f"activations of the {PROMPT_PATH}; per-channel broadcast products (channel "
-                       f"attention, FiLM); output of convs with fewer than {MIN_INT8_OUT_CHANNELS} output "
-                       "channels (int8 weights, float output)",
+    "float_by_design": f"activations of the {PROMPT_PATH}; residual and skip sums; per-channel broadcast "
+                       f"products (channel attention, FiLM); output of convs with fewer than "
+                       f"{MIN_INT8_OUT_CHANNELS} output channels (int8 weights, float output)",
     "weight_only": f"conv / linear weights of the {PROMPT_PATH}: int8 symmetric per output channel, "
                    "float activations (the top-k routing sees float queries)",
     "float_layer_semantics": "weights and output stay float; the input is int8 if its producer is quantized",
@@ -290,6 +299,19 @@ def _is_broadcast_product(node) -> bool:
     return len(shapes) == 2 and any(s[2:] == (1, 1) for s in shapes) and any(s[2:] != (1, 1) for s in shapes)
 
 
+def _is_float_eltwise(node) -> bool:
+    """An add (residual or skip sum) or product (gate) of two feature maps of one shape, where the
+    scheme keeps them float (`FLOAT_ELTWISE`)."""
+    import torch
+
+    ops = {"add": torch.ops.aten.add.Tensor, "mul": torch.ops.aten.mul.Tensor}
+    if node.target not in [ops[k] for k in FLOAT_ELTWISE]:
+        return False
+    shapes = [tuple(a.meta["val"].shape) for a in node.args[:2]
+              if hasattr(a, "meta") and getattr(a.meta.get("val"), "dim", lambda: 0)() == 4]
+    return len(shapes) == 2 and shapes[0] == shapes[1] and _is_feature_map(node)
+
+
 def _weight_input(node):
     """The parameter (get_attr) weight of a conv2d / linear node, else None."""
     import torch
@@ -329,7 +351,8 @@ class FloatScopeMarker(_base_quantizer()):
             prompt = not _is_feature_map(node) or _in_scope(node, self.scopes)
             float_layer = _in_scope(node, self.float_layers)
             narrow = not float_layer and _is_narrow_conv(node)
-            if not (prompt or float_layer or narrow) and _is_broadcast_product(node):
+            if not (prompt or float_layer or narrow) and (_is_broadcast_product(node) or
+                                                           _is_float_eltwise(node)):
                 node.meta["quantization_annotation"] = QuantizationAnnotation(_annotated=True)
             elif prompt or float_layer or narrow:
                 weight_only = (prompt or narrow) and not float_layer and self.prompt_weight_qspec is not None

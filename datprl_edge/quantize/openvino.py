@@ -42,22 +42,38 @@ TARGET = "openvino"
 # (NNCF then puts that input quantizer on it); the block outputs stay float
 # (benchmarks/results/qat_openvino_float_ops.json: edge-xs PTQ CT drop 0.82 -> 0.29 dB, same speed).
 # Float sums would move float data through each SimpleGate's channel split; the exact rewrites below
-# remove the split.
-FLOAT_OPS = ("add", "__add__", "mul", "__mul__")
+# remove the split. NNCF also quantizes an up-sampler's conv output before its pixel shuffle (the
+# decoder's stream then adds an 8-bit map to the skip) and the input of each channel-attention mean:
+# both float too.
+FLOAT_OPS = ("add", "__add__", "mul", "__mul__", "pixel_shuffle", "mean")
+# The convs that read the image and write the restored residual (3 channels: int8 gains them little)
+# stay float; they set the drop on the tasks restored to ~40 dB. So do the channel-attention convs,
+# which read a pooled (B, C, 1, 1) vector (a few hundred MACs): an 8-bit pooled mean or attention
+# weight rescales whole channels of the image, which cost edge-lat ~0.5 dB on dehazing
+# (benchmarks/results/qat_openvino_scheme3.json: worst PTQ drop 0.59 -> 0.05 dB edge-xs, 0.41 -> 0.05
+# edge-lat against scheme 2).
+IMAGE_LAYERS = ("intro", "ending")
+POOLED_LAYERS = True
 # Bumped whenever the prepared module changes: a QAT checkpoint only loads into the module it was made
-# with. 2: float adds and products, gates split and layer scales folded before NNCF.
-SCHEME_VERSION = 2
+# with. 2: float adds and products, gates split and layer scales folded before NNCF. 3: float pixel
+# shuffles, means, image and channel-attention convs.
+SCHEME_VERSION = 3
 STACK = "NNCF QAT (nncf.quantize on the torch module, then fine-tuning)"
+# what `layer_fake_quants` switches off for the sensitivity ranking
+SWITCHED = "one layer's weight and own input quantizers off (NNCF's ignored scope minus shared inputs)"
 SCHEME = {
     "target": TARGET,
     "stack": STACK,
     "version": SCHEME_VERSION,
-    "quantizer": ("nncf.quantize(preset=PERFORMANCE, target_device=CPU) with adds and products as ignored "
-                  "types, on the student rewritten exactly (fold_layer_scales, split_gates)"),
+    "quantizer": ("nncf.quantize(preset=PERFORMANCE, target_device=CPU) with adds, products, pixel "
+                  "shuffles and means as ignored types and the image and channel-attention convs as ignored "
+                  "layers, on the student rewritten exactly (fold_layer_scales, split_gates)"),
     "weights": "int8 symmetric per output channel (NNCF), scales trained in QAT",
     "activations": ("8-bit symmetric per tensor on conv inputs (signed or unsigned from the data), "
-                    "trainable scales; adds and products (residual stream, gates) float"),
-    "float_by_design": PROMPT_PATH,
+                    "trainable scales; adds and products (residual stream, gates), pixel shuffles and "
+                    "means float"),
+    "float_by_design": PROMPT_PATH + "; the image convs " + ", ".join(IMAGE_LAYERS) + " and the "
+                       "channel-attention convs (on pooled vectors)",
     "float_layer_semantics": "NNCF ignored scope: the layer's weight and input quantizers are removed",
     "converted": "the NNCF-quantized torch module in eval mode",
     "export": "openvino.convert_model(converted, example_input=x, input=[PartialShape([-1, C, -1, -1])])",
@@ -118,7 +134,7 @@ def prepare(model, example_inputs, float_layers=(), calib=None):
 
     nncf = _nncf()
     model = rewritten_copy(model)  # no channel split between int8 convs
-    float_layers = _split_names(model, float_layers)
+    float_layers = _split_names(model, scheme_float_layers(model, float_layers))
     images = calib if calib is not None else [example_inputs[0]]
     data = [nncf_input(model, x, example_inputs) for x in images]
     example = nncf_input(model, example_inputs[0], example_inputs)
@@ -126,11 +142,71 @@ def prepare(model, example_inputs, float_layers=(), calib=None):
     if example_context_size(example_inputs):
         names += nncf_node_names(model, example, traced_prompt_layers(model, example))
     ignored = nncf.IgnoredScope(names=names, types=list(FLOAT_OPS), validate=False)
+    ops = weight_ops(model, example)
     with torch.no_grad():
         q = nncf.quantize(model, nncf.Dataset(data), subset_size=len(data),
                           preset=nncf.QuantizationPreset.PERFORMANCE, target_device=nncf.TargetDevice.CPU,
                           ignored_scope=ignored)
+    q.datprl_weight_ops = ops  # for layer_fake_quants (sensitivity ranking on this scheme itself)
     return mark(q.eval(), example_inputs)
+
+
+def weight_ops(model, example) -> dict:
+    """{weight parameter name: NNCF names of the ops that take it} of an (unquantized) module."""
+    _nncf()
+    from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import build_nncf_graph
+
+    graph = build_nncf_graph(model, example)
+    known = {n.node_name for n in graph.get_all_nodes()}
+    return {name: [n.node_name for n in graph.get_next_nodes(graph.get_node_by_name(name))]
+            for name, _ in model.named_parameters() if name.endswith(".weight") and name in known}
+
+
+class _Switch:
+    """An NNCF quantizer behind the fake-quant switch interface the sensitivity search toggles."""
+
+    def __init__(self, quantizer):
+        self.quantizer = quantizer
+
+    def disable_fake_quant(self):
+        self.quantizer.disable_quantization()
+
+    def enable_fake_quant(self):
+        self.quantizer.enable_quantization()
+
+
+def layer_fake_quants(prepared, layer: str) -> list:
+    """Switches for one layer's weight quantizer and its own input quantizer (port 0), as NNCF's
+    ignored scope would remove them; an input quantizer shared with other consumers (placed on the
+    producer's output) stays on. A gate conv cut in halves counts both halves."""
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+
+    storage = get_hook_storage(prepared)
+    ops = getattr(prepared, "datprl_weight_ops", {})
+    out = []
+    for weight, names in ops.items():
+        owner = weight[: -len(".weight")]
+        if owner != layer and not owner.startswith(layer + "."):
+            continue
+        for op in names:
+            for port in (0, 1):
+                key = f"{op.replace('.', ':')}__{port}"  # NNCF's hook key of (op, input port)
+                hooks = storage.pre_hooks[key].values() if key in storage.pre_hooks else ()
+                out += [_Switch(h) for h in hooks if hasattr(h, "disable_quantization")]
+    return out
+
+
+def scheme_float_layers(model, float_layers=()) -> tuple:
+    """`float_layers` plus the image convs (`IMAGE_LAYERS`) and channel-attention convs the model has."""
+    from torch import nn
+
+    from datprl_edge.models.student_blocks import EdgeBlock
+
+    mods = dict(model.named_modules())
+    extra = [n for n in IMAGE_LAYERS if isinstance(mods.get(n), nn.Conv2d)]
+    if POOLED_LAYERS:
+        extra += [f"{n}.sca" for n, m in mods.items() if isinstance(m, EdgeBlock) and m.sca is not None]
+    return tuple(float_layers) + tuple(n for n in extra if n not in float_layers)
 
 
 def _split_names(model, layers) -> list:

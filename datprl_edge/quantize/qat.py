@@ -32,6 +32,7 @@ class QATConfig:
     crop: int = 64
     lr: float = 3e-5
     gt_weight: float = 0.1  # weight of L1 to ground truth, when the calibration data has it
+    routing_weight: float = 0.0  # weight of the routing-logit match to the reference (loop.train)
     calib_batches: int = 8  # batches that set the activation ranges before training
     freeze_observers_at: float = 0.7  # fraction of the steps after which ranges stop moving
     float_layers: tuple = ()
@@ -60,7 +61,7 @@ class QATConfig:
                               "multiples of 8")
         if not isinstance(self.context, bool):
             raise ConfigError(f"QAT context must be true or false, got {self.context!r}")
-        for name in ("lr", "gt_weight", "freeze_observers_at"):
+        for name in ("lr", "gt_weight", "routing_weight", "freeze_observers_at"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ConfigError(f"QAT {name} must be a finite number >= 0, got {v!r}")

@@ -1,9 +1,10 @@
 """Accuracy-aware mixed precision: keep the most sensitive layers in float until the INT8
 validation drop is within budget.
 
-1. Ranking. One calibrated PT2E fake-quant model of the ONNX scheme (the same for every target:
-   it can switch single layers off without re-preparing); a layer's sensitivity is how much the
-   worst-task PSNR drop shrinks when only that layer's weight and output quantizers are off.
+1. Ranking. One calibrated fake-quant model that can switch single layers off without
+   re-preparing: the target's own scheme where it offers `layer_fake_quants` (ONNX, OpenVINO),
+   else the ONNX scheme's PT2E model. A layer's sensitivity is how much the worst-task PSNR drop
+   shrinks when only that layer's quantizers (`SWITCHED` of the proxy scheme) are off.
 2. Greedy choice on that model: switch layers off in ranking order until the drop is within
    budget.
 3. Check with the target's own quantizer (prepare, calibrate, QAT): first with no float layer
@@ -20,17 +21,25 @@ from datprl_edge.quantize.scope import calibrate, frozen_observers, quantizable_
 MAX_ROUNDS = 4
 
 
-def rank_layers(base, example, batches, val, fp32, float_layers, multiple):
-    """[(layer, gain_db)] sorted by gain (most sensitive first), plus the proxy model's full drop."""
+def proxy_scheme(target: str):
+    """The quantize module whose fake-quant model ranks the layers for `target`."""
+    from datprl_edge.core.targets import stage_module
     from datprl_edge.quantize import onnx as onnx_quant
 
-    proxy = onnx_quant.prepare(base, example, float_layers)
-    calibrate(proxy, batches, ranges=onnx_quant.SCHEME["calibration"])
+    own = stage_module(target, "quantize")
+    return own if hasattr(own, "layer_fake_quants") else onnx_quant
+
+
+def rank_layers(qm, base, example, batches, val, fp32, float_layers, multiple):
+    """[(layer, gain_db)] sorted by gain (most sensitive first), plus the proxy model's full drop.
+    `qm`: the proxy scheme's quantize module (`proxy_scheme`)."""
+    proxy = qm.prepare(base, example, float_layers, calib=batches)
+    calibrate(proxy, batches, ranges=qm.SCHEME.get("calibration", "mean"))
     full = drops(fp32, evaluate(proxy, val, multiple))["worst"]
     ranking = []
     with frozen_observers(proxy):
         for layer in [n for n in quantizable_layers(base) if n not in float_layers]:
-            mods = onnx_quant.layer_fake_quants(proxy, layer)
+            mods = qm.layer_fake_quants(proxy, layer)
             with _switched_off(mods):
                 gain = full - drops(fp32, evaluate(proxy, val, multiple))["worst"]
             ranking.append((layer, float(gain)))
@@ -38,15 +47,13 @@ def rank_layers(base, example, batches, val, fp32, float_layers, multiple):
     return proxy, ranking, full
 
 
-def greedy_count(proxy, ranking, val, fp32, max_drop, multiple) -> tuple[int, list]:
+def greedy_count(qm, proxy, ranking, val, fp32, max_drop, multiple) -> tuple[int, list]:
     """How many top-ranked layers the proxy needs in float for a drop within `max_drop`."""
-    from datprl_edge.quantize import onnx as onnx_quant
-
     trace, off = [], []
     with frozen_observers(proxy):
         try:
             for k, (layer, _gain) in enumerate(ranking, start=1):
-                mods = onnx_quant.layer_fake_quants(proxy, layer)
+                mods = qm.layer_fake_quants(proxy, layer)
                 for m in mods:
                     m.disable_fake_quant()
                 off += mods
@@ -64,12 +71,13 @@ def search(base, config, example, batches, val, fp32, user_float, build, say):
     """(prepared, float_layers, report) for `config.max_drop`; `build(floats)` makes the real model."""
     multiple = int(getattr(base, "pad_multiple", 8))
     user_float = tuple(user_float)
-    say("sensitivity: ranking layers on the PT2E proxy")
-    proxy, ranking, full = rank_layers(base, example, batches, val, fp32, user_float, multiple)
+    qm = proxy_scheme(config.target)
+    say(f"sensitivity: ranking layers on the {qm.TARGET} scheme")
+    proxy, ranking, full = rank_layers(qm, base, example, batches, val, fp32, user_float, multiple)
     if full <= config.max_drop:
         k, trace = 0, []
     else:
-        k, trace = greedy_count(proxy, ranking, val, fp32, config.max_drop, multiple)
+        k, trace = greedy_count(qm, proxy, ranking, val, fp32, config.max_drop, multiple)
     rounds = []
     order = [name for name, _ in ranking]
     tries, n = [0] + ([k] if k else []), 0
@@ -89,7 +97,7 @@ def search(base, config, example, batches, val, fp32, user_float, build, say):
     # more float layers need not lower the drop: keep the best choice measured, not the last one
     prepared, floats, _ = best
     report = {"budget_db": config.max_drop, "metric": "worst-task PSNR drop vs FP32 (dB)",
-              "ranking_scheme": "onnx PT2E proxy, one layer's weight+output quantizers off",
+              "ranking_scheme": f"{qm.TARGET} scheme ({qm.STACK}): {qm.SWITCHED}",
               "proxy_drop_all_int8": float(full),
               "ranking": [[layer, g] for layer, g in ranking], "proxy_greedy": trace, "rounds": rounds,
               "chosen_round": next(i for i, r in enumerate(rounds) if r["float_layers"] == list(floats)),

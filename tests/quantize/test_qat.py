@@ -67,6 +67,8 @@ def test_config_validation():
     with pytest.raises(ConfigError, match="max_drop"):
         QATConfig(target="onnx", max_drop=-0.1)
     assert QATConfig(target="onnx", float_layers="intro, ending").float_layers == ("intro", "ending")
+    with pytest.raises(ConfigError, match="routing_weight"):
+        QATConfig(target="onnx", routing_weight=float("nan"))
 
 
 def test_float_layer_names_checked(student):
@@ -202,7 +204,8 @@ def test_load_qat_refuses_another_scheme_version(onnx_ptq, tmp_path, monkeypatch
 
     path = save_qat(onnx_ptq, tmp_path / "q.safetensors")
     monkeypatch.setitem(onnx_quant.SCHEME, "version", onnx_quant.SCHEME["version"] + 1)
-    with pytest.raises(CheckpointError, match="scheme version 3; this toolkit uses version 4"):
+    made = onnx_quant.SCHEME["version"] - 1
+    with pytest.raises(CheckpointError, match=f"scheme version {made}; this toolkit uses version {made + 1}"):
         load_qat(path)
 
 
@@ -274,7 +277,8 @@ def test_calibration_ranges_mean_or_extremes():
 
 def test_openvino_keeps_block_outputs_float(student, monkeypatch):
     """NNCF's CPU placement quantizes every add and product output; the toolkit's (quantize.openvino.
-    FLOAT_OPS) keeps an add or product quantized only where it is a conv's input, and every conv still
+    FLOAT_OPS) keeps an add or product quantized only where it is a conv's input, quantizes no mean or
+    pixel-shuffle input, leaves the image and channel-attention convs float, and every other conv still
     has int8 weights."""
     from datprl_edge.quantize import openvino as openvino_quant
 
@@ -285,11 +289,101 @@ def test_openvino_keeps_block_outputs_float(student, monkeypatch):
         return hooks, {h for h in hooks if "/add/" in h or "/mul/" in h}
 
     hooks, ours = eltwise_quantizers()
+    assert not [h for h in hooks if "/mean/" in h]
+    ops = openvino_quant.prepare(student, example_inputs(student, SIZE)).datprl_weight_ops
+    ups = [op for name in ("ups.0.0.weight", "ups.1.0.weight") for op in ops[name]]  # before pixel shuffles
+    assert len(ups) == 2 and not [h for h in hooks if any(h.startswith(f"post_hooks.{u}__") for u in ups)]
     monkeypatch.setattr(openvino_quant, "FLOAT_OPS", ())
-    _, nncf_default = eltwise_quantizers()
+    monkeypatch.setattr(openvino_quant, "IMAGE_LAYERS", ())
+    monkeypatch.setattr(openvino_quant, "POOLED_LAYERS", False)
+    nncf_hooks, nncf_default = eltwise_quantizers()
     assert ours < nncf_default and len(ours) <= len(nncf_default) - 10
+    assert [h for h in nncf_hooks if "/mean/" in h]
     blocks = [n for n, m in student.named_modules() if type(m).__name__ == "EdgeBlock"]
     assert sum(h.startswith("post_hooks./add/") for h in ours) < len(blocks)  # not every block output
     weights = [h for h in hooks if h.startswith("pre_hooks.") and "conv2d" in h and h.endswith("__1.0")]
-    assert {"pre_hooks.intro/conv2d/0__1.0", "pre_hooks.ending/conv2d/0__1.0"} <= set(weights)
-    assert len(weights) >= 40  # every pixel-path conv's weight is int8
+    image = {"pre_hooks.intro/conv2d/0__1.0", "pre_hooks.ending/conv2d/0__1.0"}
+    assert not image & set(weights) and image <= set(nncf_hooks)
+    assert not [h for h in hooks if "sca/conv2d" in h] and [h for h in nncf_hooks if "sca/conv2d" in h]
+    assert len(weights) >= 40  # every other pixel-path conv's weight is int8
+
+
+def test_openvino_layer_switches(student):
+    """The sensitivity search toggles one layer's NNCF quantizers (weight and own input) in place."""
+    from datprl_edge.quantize import openvino as openvino_quant
+
+    x = example_inputs(student, SIZE)
+    prepared = openvino_quant.prepare(student, x)
+    assert openvino_quant.layer_fake_quants(prepared, "ending") == []  # float by the scheme
+    switches = openvino_quant.layer_fake_quants(prepared, "encoders.0.0.conv1")  # cut in halves
+    assert len(switches) == 4
+    with torch.no_grad():
+        before = prepared(x[0])
+        for s in switches:
+            s.disable_fake_quant()
+        off = prepared(x[0])
+        for s in switches:
+            s.enable_fake_quant()
+        again = prepared(x[0])
+    assert not torch.equal(before, off) and torch.equal(before, again)
+
+
+def test_onnx_scheme_keeps_stream_sums_float(onnx_ptq):
+    """No fake quant reads a residual / skip sum's output except a conv's own input quantizer: the
+    sums of the stream are not rounded to 8 bits (scheme 4)."""
+    import torch as t
+
+    gm = onnx_ptq.prepared
+    def feature_map(n):
+        val = n.meta.get("val")
+        return val is not None and val.dim() == 4 and tuple(val.shape[2:]) != (1, 1)
+
+    sums = [n for n in gm.graph.nodes if n.op == "call_function" and n.target == t.ops.aten.add.Tensor
+            and feature_map(n) and all(isinstance(a, t.fx.Node) for a in n.args[:2])]
+    assert len(sums) >= 10
+    for node in sums:
+        for user in node.users:
+            if user.op == "call_module" and "activation_post_process" in str(user.target):
+                assert all(u.op == "call_function" and u.target == t.ops.aten.conv2d.default
+                           for u in user.users), f"{node.name} is quantized for a non-conv consumer"
+
+
+def test_routing_agreement_counts_swapped_prompts(student):
+    """An INT8 model that routes one image to other prompts shows up as a flip; the drop on the other
+    images is reported apart."""
+    from datprl_edge.models.prompt_pool import recorded_routes
+    from datprl_edge.quantize.routing import routing_agreement
+
+    val = {"natural/denoise": (_img(4, n=3), _img(5, n=3))}
+    with recorded_routes() as record, torch.no_grad():
+        student(val["natural/denoise"][0][:1])
+    assert len(record) == 2 and record[0].indices.shape == (1, student.domain_prompt_pool.top_k)
+    same = routing_agreement(student, student, val, student.pad_multiple)
+    assert same["natural/denoise"] == {"images": 3, "flipped": 0, "drop_flipped_db": None,
+                                       "drop_kept_db": 0.0}
+    other = copy.deepcopy(student)
+    with torch.no_grad():
+        other.degradation_prompt_pool.prompt_keys.mul_(-1)  # every query now prefers other prompts
+    flips = routing_agreement(student, other, val, student.pad_multiple)["natural/denoise"]
+    assert flips["flipped"] == 3 and flips["drop_kept_db"] is None
+    exported = routing_agreement(student, torch.nn.Identity(), val, student.pad_multiple)
+    assert exported is None  # nothing routes eagerly: no comparison
+
+
+def test_routing_weight_adds_the_routing_logit_gap(student):
+    """With `routing_weight`, QAT's loss includes how far the module's routing logits are from the
+    reference's; without it, it does not."""
+    from datprl_edge.quantize.loop import as_pairs, train
+
+    moved = copy.deepcopy(student)
+    with torch.no_grad():
+        w = moved.degradation_mapper.proj.weight
+        w.add_(torch.randn(w.shape, generator=torch.Generator().manual_seed(0)))  # other routing logits
+    pairs = as_pairs(_calib(), 3)
+    first = {}
+    for weight in (0.0, 10.0):
+        torch.manual_seed(0)
+        model = copy.deepcopy(moved)
+        first[weight] = train(model, student, pairs, _cfg("onnx", steps=1, lr=0.0, routing_weight=weight))[
+            "loss_first"]
+    assert first[10.0] > first[0.0] > 0
