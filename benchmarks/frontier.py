@@ -33,7 +33,15 @@ sys.path.insert(0, str(HERE.parent))
 import artifacts as build  # noqa: E402
 import quality  # noqa: E402
 from profile_openvino import profile  # noqa: E402
-from run_headline import bench, by_artifact, profile_text, target, target_line, timed  # noqa: E402
+from run_headline import (  # noqa: E402
+    alternating_rounds,
+    bench,
+    by_artifact,
+    profile_text,
+    target,
+    target_line,
+    timed,
+)
 
 from datprl_edge.bench.driver import BenchConfig  # noqa: E402
 from datprl_edge.core.host import default_threads, isa_block, load_average  # noqa: E402
@@ -60,12 +68,8 @@ def parse(argv=None):
 
 def latency(members: dict, full: Path, rounds: int, seconds: float, threads: int) -> dict:
     paths = [Path(p) for m in members.values() for p in (m["openvino_fp32"], m["openvino_int8"])]
-    per_round = []
-    for r in range(rounds):
-        order = paths if r % 2 == 0 else paths[::-1]
-        rep = bench(order, BenchConfig(shapes=(SHAPE,), threads=threads, warmup=5, seconds=seconds),
-                    f"round {r + 1}")
-        per_round.append({name: res["latency_ms"] for name, res in by_artifact(rep).items()})
+    per_round = alternating_rounds(paths, rounds,
+                                   BenchConfig(shapes=(SHAPE,), threads=threads, warmup=5, seconds=seconds))
     slow = bench([full], timed(SHAPE, threads, warmup=1, iters=3), "6T")
     out = {"rounds": per_round, "full_6t_ms": by_artifact(slow)[full.name]["latency_ms"]}
     out["median_ms"] = {p.name: {k: round(statistics.median(r[p.name][k] for r in per_round), 3)

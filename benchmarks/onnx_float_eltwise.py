@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from run_headline import bench, by_artifact  # noqa: E402
+from run_headline import alternating_rounds  # noqa: E402
 
 from datprl_edge.bench.driver import BenchConfig  # noqa: E402
 from datprl_edge.core.host import default_threads, isa_block, load_average  # noqa: E402
@@ -80,12 +80,9 @@ def main(argv=None) -> int:
                                  "drop_db": {k: round(v, 3) for k, v in drop["tasks"].items()},
                                  "worst_drop_db": round(drop["worst"], 3), "artifact": rep[0].path.name}
         paths[name] = rep[0].path
-    rounds = []
-    order = list(paths.values())
-    for r in range(args.rounds):
-        config = BenchConfig(shapes=((256, 256),), threads=threads, warmup=5, seconds=3.0)
-        rep = bench(order if r % 2 == 0 else order[::-1], config, f"round {r + 1}")
-        rounds.append({k: v["latency_ms"]["p50"] for k, v in by_artifact(rep).items()})
+    config = BenchConfig(shapes=((256, 256),), threads=threads, warmup=5, seconds=3.0)
+    rounds = [{k: v["p50"] for k, v in rd.items()}
+              for rd in alternating_rounds(list(paths.values()), args.rounds, config)]
     for row in doc["variants"].values():
         row["p50_ms_rounds"] = [rd[row["artifact"]] for rd in rounds]
         row["p50_ms"] = round(statistics.median(row["p50_ms_rounds"]), 3)

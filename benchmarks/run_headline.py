@@ -73,6 +73,16 @@ def by_artifact(report: dict) -> dict:
     return {r["artifact"]: r for r in report["results"] if r["status"] == "ok"}
 
 
+def alternating_rounds(paths, rounds: int, config: BenchConfig) -> list[dict]:
+    """[{artifact: latency_ms}] per round; odd rounds run the artifacts in reverse order (this shared
+    machine's speed drifts over minutes, so no artifact always runs first)."""
+    out = []
+    for r in range(rounds):
+        rep = bench(paths if r % 2 == 0 else paths[::-1], config, f"round {r + 1}")
+        out.append({name: res["latency_ms"] for name, res in by_artifact(rep).items()})
+    return out
+
+
 def target(name: str, measured: float, limit: float, unit: str, higher_is_better: bool) -> dict:
     met = measured >= limit if higher_is_better else measured <= limit
     entry = {"name": name, "target": limit, "measured": round(measured, 3), "unit": unit, "met": met,

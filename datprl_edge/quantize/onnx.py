@@ -45,7 +45,7 @@ import warnings
 from datprl_edge.core.errors import ConfigError
 from datprl_edge.models.student_blocks import rewritten_copy
 from datprl_edge.quantize.feed import example_context_size, mark
-from datprl_edge.quantize.scope import PROMPT_PATH, prompt_path_modules
+from datprl_edge.quantize.scope import PROMPT_PATH, channel_attention_layers, prompt_path_modules
 
 TARGET = "onnx"
 STACK = "torchao PT2E (torch.export + prepare_qat_pt2e + convert_pt2e)"
@@ -115,12 +115,10 @@ def context_float_layers(model) -> tuple:
     compile that reshape feeding an int8-weight 1x1 conv (ConvertWeightCompressedConv1x1ToMatmul)
     when the QDQ ONNX is converted. A few hundred weights; no effect on speed."""
     from datprl_edge.models.context import supports_context
-    from datprl_edge.models.student_blocks import EdgeBlock
 
     if model is None or not supports_context(model):
         return ()
-    return tuple(f"{name}.sca" for name, mod in model.named_modules()
-                 if isinstance(mod, EdgeBlock) and mod.sca is not None)
+    return channel_attention_layers(model)
 
 
 def quantization_config():
@@ -288,14 +286,19 @@ def _is_narrow_conv(node) -> bool:
     return val is not None and int(val.shape[0]) < MIN_INT8_OUT_CHANNELS
 
 
+def _map_operand_shapes(node) -> list:
+    """Shapes of a binary op's 4-D operands (traced tensors only)."""
+    return [tuple(a.meta["val"].shape) for a in node.args[:2]
+            if hasattr(a, "meta") and getattr(a.meta.get("val"), "dim", lambda: 0)() == 4]
+
+
 def _is_broadcast_product(node) -> bool:
     """A mul / add of a feature map by a per-channel (B, C, 1, 1) tensor (channel attention, FiLM)."""
     import torch
 
     if node.target not in (torch.ops.aten.mul.Tensor, torch.ops.aten.add.Tensor):
         return False
-    shapes = [tuple(a.meta["val"].shape) for a in node.args[:2]
-              if hasattr(a, "meta") and getattr(a.meta.get("val"), "dim", lambda: 0)() == 4]
+    shapes = _map_operand_shapes(node)
     return len(shapes) == 2 and any(s[2:] == (1, 1) for s in shapes) and any(s[2:] != (1, 1) for s in shapes)
 
 
@@ -307,8 +310,7 @@ def _is_float_eltwise(node) -> bool:
     ops = {"add": torch.ops.aten.add.Tensor, "mul": torch.ops.aten.mul.Tensor}
     if node.target not in [ops[k] for k in FLOAT_ELTWISE]:
         return False
-    shapes = [tuple(a.meta["val"].shape) for a in node.args[:2]
-              if hasattr(a, "meta") and getattr(a.meta.get("val"), "dim", lambda: 0)() == 4]
+    shapes = _map_operand_shapes(node)
     return len(shapes) == 2 and shapes[0] == shapes[1] and _is_feature_map(node)
 
 

@@ -33,7 +33,7 @@ import os
 
 from datprl_edge.models.student_blocks import Halves, rewritten_copy
 from datprl_edge.quantize.feed import example_context_size, mark
-from datprl_edge.quantize.scope import PROMPT_PATH, prompt_path_modules
+from datprl_edge.quantize.scope import PROMPT_PATH, channel_attention_layers, prompt_path_modules
 
 TARGET = "openvino"
 # NNCF's CPU placement quantizes the output of every add and product too, so the residual stream and
@@ -138,11 +138,11 @@ def prepare(model, example_inputs, float_layers=(), calib=None):
     images = calib if calib is not None else [example_inputs[0]]
     data = [nncf_input(model, x, example_inputs) for x in images]
     example = nncf_input(model, example_inputs[0], example_inputs)
-    names = nncf_node_names(model, example, float_layers)
+    ops = weight_ops(model, example)  # one trace serves the ignored scope and the layer switches
+    names = nncf_node_names(model, example, float_layers, ops)
     if example_context_size(example_inputs):
-        names += nncf_node_names(model, example, traced_prompt_layers(model, example))
+        names += nncf_node_names(model, example, traced_prompt_layers(model, example, ops), ops)
     ignored = nncf.IgnoredScope(names=names, types=list(FLOAT_OPS), validate=False)
-    ops = weight_ops(model, example)
     with torch.no_grad():
         q = nncf.quantize(model, nncf.Dataset(data), subset_size=len(data),
                           preset=nncf.QuantizationPreset.PERFORMANCE, target_device=nncf.TargetDevice.CPU,
@@ -200,12 +200,10 @@ def scheme_float_layers(model, float_layers=()) -> tuple:
     """`float_layers` plus the image convs (`IMAGE_LAYERS`) and channel-attention convs the model has."""
     from torch import nn
 
-    from datprl_edge.models.student_blocks import EdgeBlock
-
     mods = dict(model.named_modules())
     extra = [n for n in IMAGE_LAYERS if isinstance(mods.get(n), nn.Conv2d)]
     if POOLED_LAYERS:
-        extra += [f"{n}.sca" for n, m in mods.items() if isinstance(m, EdgeBlock) and m.sca is not None]
+        extra += channel_attention_layers(model)
     return tuple(float_layers) + tuple(n for n in extra if n not in float_layers)
 
 
@@ -233,15 +231,12 @@ def _image_argument(model) -> str:
     return next(iter(inspect.signature(model.forward).parameters))
 
 
-def traced_prompt_layers(model, example) -> list[str]:
+def traced_prompt_layers(model, example, ops=None) -> list[str]:
     """Prompt-path conv / linear layers whose weights NNCF's tracer sees (the mapper projections the
-    context path calls from the top-level forward)."""
-    _nncf()
-    from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import build_nncf_graph
+    context path calls from the top-level forward). `ops`: `weight_ops` of the module, if known."""
     from torch import nn
 
-    graph = build_nncf_graph(model, example)
-    known = {n.node_name for n in graph.get_all_nodes()}
+    known = weight_ops(model, example) if ops is None else ops
     out = []
     for scope in prompt_path_modules(model):
         for name, mod in model.get_submodule(scope).named_modules():
@@ -251,20 +246,13 @@ def traced_prompt_layers(model, example) -> list[str]:
     return out
 
 
-def nncf_node_names(model, example, layers) -> list[str]:
+def nncf_node_names(model, example, layers, ops=None) -> list[str]:
     """NNCF graph names of the ops that use each layer's weight (found through the weight node).
-    `example`: the image, or the keywords of `nncf_input`."""
+    `example`: the image, or the keywords of `nncf_input`; `ops`: `weight_ops` of the module, if known."""
     if not layers:
         return []
-    _nncf()
-    from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import build_nncf_graph
-
-    graph = build_nncf_graph(model, example)
-    names = []
-    for layer in layers:
-        node = graph.get_node_by_name(f"{layer}.weight")
-        names += [n.node_name for n in graph.get_next_nodes(node)]
-    return names
+    ops = weight_ops(model, example) if ops is None else ops
+    return [op for layer in layers for op in ops[f"{layer}.weight"]]
 
 
 def convert(prepared):

@@ -57,6 +57,14 @@ def quantizable_layers(model) -> list[str]:
             if isinstance(mod, (nn.Conv2d, nn.Linear)) and not _under(name, skip)]
 
 
+def channel_attention_layers(model) -> tuple:
+    """Names of the edge blocks' channel-attention convs (1x1 on a pooled (B, C, 1, 1) vector)."""
+    from datprl_edge.models.student_blocks import EdgeBlock
+
+    return tuple(f"{name}.sca" for name, mod in model.named_modules()
+                 if isinstance(mod, EdgeBlock) and mod.sca is not None)
+
+
 def _under(name: str, prefixes) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
