@@ -54,6 +54,8 @@ def main(argv=None) -> int:
     ap.add_argument("--gt-weight", type=float, default=None, help="QATConfig.gt_weight (default: its own)")
     ap.add_argument("--routing-weight", type=float, default=None,
                     help="QATConfig.routing_weight (default: its own)")
+    ap.add_argument("--distill-loss", default=None,
+                    help="QATConfig.distill_loss: l1 or psnr (default: its own)")
     ap.add_argument("--freeze-at", type=float, default=None, help="QATConfig.freeze_observers_at")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--crop", type=int, default=64)
@@ -99,7 +101,7 @@ def main(argv=None) -> int:
         "int8_numerics": "torch fake-quant (the prepared QAT module)",
         "settings": {"steps": args.steps, "lr": args.lr, "batch_size": args.batch_size, "crop": args.crop,
                      "max_drop": args.max_drop, "gt_weight": args.gt_weight,
-                     "routing_weight": args.routing_weight,
+                     "routing_weight": args.routing_weight, "distill_loss": args.distill_loss,
                      "float_layers": args.float_layers, "freeze_observers_at": args.freeze_at},
         "command": "python benchmarks/qat_accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "env": {"python": platform.python_version(), "torch": torch.__version__,
@@ -118,6 +120,8 @@ def main(argv=None) -> int:
             extra = {} if args.gt_weight is None else {"gt_weight": args.gt_weight}
             if args.routing_weight is not None:
                 extra["routing_weight"] = args.routing_weight
+            if args.distill_loss is not None:
+                extra["distill_loss"] = args.distill_loss
             if name.endswith("_float_layers"):
                 extra["float_layers"] = args.float_layers
             if args.freeze_at is not None:
@@ -180,13 +184,12 @@ def update_manifest(path: Path, variant: str, drop: dict, name: str = "edge-xs")
 
 
 def merge(paths, output) -> int:
-    """One report from runs of single targets (same model, data and settings)."""
+    """One report from runs of single targets (same model, data and settings) or earlier merged
+    reports; a target in a later file replaces the same target in an earlier one."""
     from datprl_edge.io.atomic import write_text_atomic
 
     reports = [json.loads(Path(p).read_text()) for p in paths]
-    commands = [c for r in reports
-                for c in (r["command"] if isinstance(r["command"], list) else [r["command"]])]
-    out = dict(reports[0], targets={}, command=commands)
+    out = dict(reports[0], targets={})
     for r in reports:
         for key in ("model", "calibration", "validation"):
             if r[key] != out[key]:
@@ -195,11 +198,13 @@ def merge(paths, output) -> int:
         if any(abs(r["fp32"][t] - out["fp32"][t]) > 1e-3 for t in out["fp32"]):
             raise SystemExit("cannot merge: the FP32 scores differ between runs (another model or data?)")
         for row in r["targets"].values():  # QAT settings may differ per target: kept in each row
-            row["settings"], row["command"], row["env"] = r["settings"], r["command"], r["env"]
+            if isinstance(r["settings"], dict):  # a merged report's rows already carry their own
+                row["settings"], row["command"], row["env"] = r["settings"], r["command"], r["env"]
             if "shipped" in row and "shipped_variant" not in row:  # older runs shipped the last variant
                 row["shipped_variant"] = "qat_mixed" if "qat_mixed" in row else "qat"
         out["targets"].update(r["targets"])
     out["settings"] = out["env"] = "per target (targets.<name>.settings / .env)"
+    out["command"] = list(dict.fromkeys(row["command"] for row in out["targets"].values()))  # the kept rows'
     write_text_atomic(output, json.dumps(out, indent=2) + "\n")
     print(table(out))
     return 0

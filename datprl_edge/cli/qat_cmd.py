@@ -32,6 +32,9 @@ def register(subparsers):
     p.add_argument("--lr", type=float, default=3e-5)
     p.add_argument("--routing-weight", type=float, default=0.0, metavar="W",
                    help="weight of matching the FP32 model's prompt-routing logits; default 0 (off)")
+    p.add_argument("--distill-loss", default="l1", metavar="{l1,psnr}",
+                   help="match to the FP32 output: l1 (default), or psnr (each image's dB gap counts alike, "
+                        "so well-restored tasks such as CT are not outweighed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-count", type=int, default=4,
                    help="validation pairs per recipe task for the PSNR report and --max-drop "
@@ -66,6 +69,7 @@ def run(args) -> int:
     config = QATConfig(target=args.target, steps=args.steps, batch_size=args.batch_size, crop=args.crop,
                        lr=args.lr, float_layers=args.float_layers, max_drop=args.max_drop, seed=args.seed,
                        best_effort=args.best_effort, routing_weight=args.routing_weight,
+                       distill_loss=args.distill_loss,
                        checkpoint_every=args.checkpoint_every)
     source = locate_model(args.model)
     model = source.load()

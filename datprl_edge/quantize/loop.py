@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -147,12 +148,14 @@ def drops(reference: dict, quantized: dict) -> dict:
 def train(prepared, ref_model, pairs, cfg, *, log=None, state_dir=None, frozen=()) -> dict:
     """Distil `ref_model` into the fake-quant `prepared` for cfg.steps steps (in place).
 
-    Loss: L1 to the reference output, plus cfg.gt_weight * L1 to the ground truth when every
-    calibration item has one, plus cfg.routing_weight * the mean squared difference of every prompt
-    pool's routing logits from the reference's (where the prepared module routes eagerly): the top-k
-    choice is discrete, and INT8 features that move a query across a tie swap a prompt. Observers
-    freeze at cfg.freeze_observers_at of the steps. With `state_dir`, state is saved atomically every
-    cfg.checkpoint_every steps and resumed from there. Parameters under the module names in `frozen`
+    Loss: `distill_loss` (cfg.distill_loss) to the reference output, plus cfg.gt_weight * L1 to the
+    ground truth when every calibration item has one, plus cfg.routing_weight * the mean squared
+    difference of every prompt pool's routing logits from the reference's (where the prepared module
+    routes eagerly): the top-k choice is discrete, and INT8 features that move a query across a tie
+    swap a prompt. A step whose gradient is not finite is skipped (counted in "skipped_steps").
+    Observers freeze at cfg.freeze_observers_at of the steps. With `state_dir`, state is saved
+    atomically every cfg.checkpoint_every steps and resumed from there. Parameters under the module
+    names in `frozen`
     are not trained.
     """
     prefixes = tuple(f"{name}." for name in frozen)
@@ -166,6 +169,7 @@ def train(prepared, ref_model, pairs, cfg, *, log=None, state_dir=None, frozen=(
     if state_path is not None and state_path.is_file():
         start, history = _load_state(state_path, cfg, prepared, opt, sched, gen)
     use_gt = cfg.gt_weight > 0 and all(p.gt is not None for p in pairs)
+    skipped = 0
     for step in range(start, cfg.steps):
         set_observers(prepared, step < freeze_at)
         lq, gt = random_batch(pairs, cfg.batch_size, cfg.crop, gen)
@@ -173,7 +177,7 @@ def train(prepared, ref_model, pairs, cfg, *, log=None, state_dir=None, frozen=(
             target = run_image(ref_model, lq)
         with recorded_routes() as routes:
             out = run_image(prepared, lq)
-        loss = F.l1_loss(out, target)
+        loss = distill_loss(out, target, cfg.distill_loss)
         if cfg.routing_weight and len(routes) == len(ref_routes):
             for got, ref in zip(routes, ref_routes):
                 loss = loss + cfg.routing_weight * F.mse_loss(got.logits, ref.logits)
@@ -181,8 +185,13 @@ def train(prepared, ref_model, pairs, cfg, *, log=None, state_dir=None, frozen=(
             loss = loss + cfg.gt_weight * F.l1_loss(out, gt)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        sched.step()
+        if _finite_grads(params):
+            opt.step()
+        else:  # one non-finite gradient would turn Adam's state, and every weight after it, into NaN
+            skipped += 1
+        with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()" after a skip
+            warnings.simplefilter("ignore", UserWarning)
+            sched.step()
         history.append(loss.item())
         if log is not None:
             log(step + 1, history[-1])
@@ -191,14 +200,38 @@ def train(prepared, ref_model, pairs, cfg, *, log=None, state_dir=None, frozen=(
     set_observers(prepared, False)
     tail = history[-max(1, len(history) // 10):]
     return {"steps": cfg.steps, "loss_first": history[0] if history else None,
-            "loss_last_10pct": float(np.mean(tail)) if history else None, "resumed_from": start}
+            "loss_last_10pct": float(np.mean(tail)) if history else None, "resumed_from": start,
+            "skipped_steps": skipped}
+
+
+def _finite_grads(params) -> bool:
+    return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
+
+
+# floor of the per-image MSE in the "psnr" loss (60 dB): an image the module already matches that
+# closely stops pulling on the weights instead of dominating through 1 / MSE
+PSNR_LOSS_FLOOR = 1e-6
+
+
+def distill_loss(out, target, kind: str = "l1"):
+    """Distance of `out` from the reference `target`. "l1": mean absolute difference, which weighs
+    every pixel alike, so tasks with large residuals (cloud removal) outweigh ones restored to 40 dB
+    (CT), where an INT8 error of the same size costs far more dB. "psnr": mean over images of
+    log10(MSE + floor), i.e. the mean dB gap per image / -10: each image's dB counts alike."""
+    if kind == "l1":
+        return F.l1_loss(out, target)
+    mse = (out - target).float().pow(2).flatten(1).mean(1)
+    return torch.log10(mse + PSNR_LOSS_FLOOR).mean()
 
 
 def config_key(cfg) -> str:
     """Hash of the settings a resumed run must share with the saved one."""
     keys = ("target", "steps", "batch_size", "crop", "lr", "gt_weight", "seed", "freeze_observers_at",
             "routing_weight")
-    blob = json.dumps({k: getattr(cfg, k) for k in keys}, sort_keys=True, default=str)
+    fields = {k: getattr(cfg, k) for k in keys}
+    if cfg.distill_loss != "l1":  # keys of runs saved before the option existed stay valid
+        fields["distill_loss"] = cfg.distill_loss
+    blob = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -20,6 +20,7 @@ from datprl_edge.core.errors import CheckpointError, ConfigError, QualityBudgetE
 from datprl_edge.core.targets import target_names
 
 TARGETS = target_names()
+DISTILL_LOSSES = ("l1", "psnr")
 QUANTIZED_ARCH = "QuantizedModel"
 _LAYOUT_ATTR = "_datprl_context_layout"
 
@@ -33,6 +34,7 @@ class QATConfig:
     lr: float = 3e-5
     gt_weight: float = 0.1  # weight of L1 to ground truth, when the calibration data has it
     routing_weight: float = 0.0  # weight of the routing-logit match to the reference (loop.train)
+    distill_loss: str = "l1"  # match to the reference output: "l1", or "psnr" (mean per-image dB, loop.train)
     calib_batches: int = 8  # batches that set the activation ranges before training
     freeze_observers_at: float = 0.7  # fraction of the steps after which ranges stop moving
     float_layers: tuple = ()
@@ -59,6 +61,8 @@ class QATConfig:
         if self.crop % 8 or self.example_size % 8:
             raise ConfigError(f"crop ({self.crop}) and example_size ({self.example_size}) must be "
                               "multiples of 8")
+        if self.distill_loss not in DISTILL_LOSSES:
+            raise UnknownChoiceError("QAT distill_loss", str(self.distill_loss), DISTILL_LOSSES)
         if not isinstance(self.context, bool):
             raise ConfigError(f"QAT context must be true or false, got {self.context!r}")
         for name in ("lr", "gt_weight", "routing_weight", "freeze_observers_at"):

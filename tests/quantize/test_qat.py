@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -251,14 +252,14 @@ def test_onnx_scheme_exports_qdq_with_int8_weights(onnx_ptq, tmp_path):
 
 
 def test_calibration_ranges_mean_or_extremes():
-    """"extremes" (the ONNX scheme's choice) keeps every calibration activation inside the range;
-    "mean" averages the per-batch ranges."""
+    """"extremes" keeps every calibration activation inside the range; "mean" (the ONNX scheme's
+    choice since its residual sums are float) averages the per-batch ranges."""
     from torch import nn
 
     from datprl_edge.quantize import onnx as onnx_quant
     from datprl_edge.quantize.scope import calibrate
 
-    assert onnx_quant.SCHEME["calibration"] == "extremes"
+    assert onnx_quant.SCHEME["calibration"] == "mean"
     dim, bright = torch.full((2, 3, 16, 16), 0.25), torch.full((2, 3, 16, 16), 0.25)
     bright[0, 0, 0, 0] = 1.0
     highs = {}
@@ -387,3 +388,46 @@ def test_routing_weight_adds_the_routing_logit_gap(student):
         first[weight] = train(model, student, pairs, _cfg("onnx", steps=1, lr=0.0, routing_weight=weight))[
             "loss_first"]
     assert first[10.0] > first[0.0] > 0
+
+
+def test_psnr_distill_loss_weighs_each_image_in_db():
+    """"psnr": the mean per-image log10 MSE, so an error costs the same whether the image is
+    restored to 20 dB or to 40 dB; "l1" is dominated by the image with the larger residual."""
+    from datprl_edge.quantize.loop import PSNR_LOSS_FLOOR, distill_loss
+
+    ref = torch.zeros(2, 1, 8, 8)
+    out = ref.clone()
+    out[0] += 0.1   # 20 dB
+    out[1] += 0.01  # 40 dB
+    want = (math.log10(0.01 + PSNR_LOSS_FLOOR) + math.log10(1e-4 + PSNR_LOSS_FLOOR)) / 2
+    assert distill_loss(out, ref, "psnr").item() == pytest.approx(want, rel=1e-5)
+    assert distill_loss(out, ref, "l1").item() == pytest.approx(0.055, rel=1e-5)
+    err = out.abs().mean(dim=(1, 2, 3))
+    for kind in ("l1", "psnr"):
+        x = out.clone().requires_grad_(True)
+        distill_loss(x, ref, kind).backward()
+        # the loss change for the same relative change of each image's error
+        pull = x.grad.abs().sum(dim=(1, 2, 3)) * err
+        share = (pull[1] / pull.sum()).item()
+        if kind == "psnr":
+            assert share == pytest.approx(0.5, rel=0.02)
+        else:
+            assert share < 0.1
+    with pytest.raises(UnknownChoiceError, match="distill_loss.*did you mean 'psnr'"):
+        QATConfig(target="onnx", distill_loss="psnrr")
+
+
+def test_non_finite_gradient_step_is_skipped(student, onnx_ptq, monkeypatch):
+    """A step whose gradient is not finite changes no weight (Adam would carry the NaN into every
+    later step) and is counted."""
+    from datprl_edge.quantize import loop
+
+    pairs = loop.as_pairs(_calib(), 3)
+    model = copy.deepcopy(onnx_ptq.prepared)
+    before = {k: v.clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+    monkeypatch.setattr(loop, "distill_loss",
+                        lambda out, target, kind="l1": (out - target).abs().mean() * float("nan"))
+    info = loop.train(model, student, pairs, _cfg("onnx", steps=2, lr=1e-2, gt_weight=0.0))
+    assert info["skipped_steps"] == 2
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if "weight" in k or "bias" in k)
