@@ -155,8 +155,7 @@ def train(prepared, ref_model, pairs, cfg, *, log=None, state_dir=None, frozen=(
     swap a prompt. A step whose gradient is not finite is skipped (counted in "skipped_steps").
     Observers freeze at cfg.freeze_observers_at of the steps. With `state_dir`, state is saved
     atomically every cfg.checkpoint_every steps and resumed from there. Parameters under the module
-    names in `frozen`
-    are not trained.
+    names in `frozen` are not trained.
     """
     prefixes = tuple(f"{name}." for name in frozen)
     params = [p for n, p in prepared.named_parameters() if p.requires_grad and not n.startswith(prefixes)]
