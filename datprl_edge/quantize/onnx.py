@@ -13,7 +13,8 @@ onnxruntime's QDQ fusions match) given this scheme's own specs; residual and ski
   PT2E's duplicated DequantizeLinear nodes defeat, leaving the convolutions in float;
 - convs with fewer than 8 output channels (the image-producing last conv) get int8 weights but
   float activations: onnxruntime's int8 kernels are several times slower than float ones at so few
-  output channels;
+  output channels; the image conv `intro` (3 input channels) stays float, weights and input
+  (scheme 5, `IMAGE_LAYERS`);
 - weights int8 symmetric per output channel in [-63, 63] (7 bits): without VNNI the U8S8 kernels
   add pairs of uint8 x int8 products in saturating int16 (VPMADDUBSW); 255 * 63 * 2 = 32130 fits,
   so every CPU computes the same exact integer sums (255 * 127 * 2 would not).
@@ -45,7 +46,12 @@ import warnings
 from datprl_edge.core.errors import ConfigError
 from datprl_edge.models.student_blocks import rewritten_copy
 from datprl_edge.quantize.feed import example_context_size, mark
-from datprl_edge.quantize.scope import PROMPT_PATH, channel_attention_layers, prompt_path_modules
+from datprl_edge.quantize.scope import (
+    PROMPT_PATH,
+    channel_attention_layers,
+    present_convs,
+    prompt_path_modules,
+)
 
 TARGET = "onnx"
 STACK = "torchao PT2E (torch.export + prepare_qat_pt2e + convert_pt2e)"
@@ -53,7 +59,7 @@ STACK = "torchao PT2E (torch.export + prepare_qat_pt2e + convert_pt2e)"
 SWITCHED = "one layer's weight and output fake quants off"
 # Bumped whenever the prepared graph or its quantization specs change: a QAT checkpoint stores the
 # prepared state, which only loads into the graph it was made with.
-SCHEME_VERSION = 4
+SCHEME_VERSION = 5
 MIN_INT8_OUT_CHANNELS = 8  # convs with fewer outputs stay float (see _is_narrow_conv)
 # Residual and skip sums stay float: the stream is not rounded to 8 bits at every block (CT drop after
 # QAT 1.03 -> 0.81 dB), at the cost of a dequantize before each sum (onnxruntime node time ~10-20%
@@ -61,6 +67,10 @@ MIN_INT8_OUT_CHANNELS = 8  # convs with fewer outputs stay float (see _is_narrow
 # INT8 speed (benchmarks/results/qat_onnx_float_eltwise.json: edge-xs PTQ CT drop 1.77 / 1.30 /
 # 0.67 dB for sums and products quantized / sums float / both float).
 FLOAT_ELTWISE = ("add",)
+# The image conv stays float, weights and input (scheme 5): the image itself is not rounded to 8 bits
+# before the first conv (edge-xs PTQ worst drop 1.51 -> 0.77 dB, CT 0.41 -> 0.18), and onnxruntime's
+# int8 kernel for its 3 input channels was the slowest conv of the INT8 graph (2.1 of 38.8 ms)
+IMAGE_LAYERS = ("intro",)
 WEIGHT_QMAX = 63  # 7-bit weights: no int16 saturation in U8S8 kernels without VNNI (module docstring)
 SCHEME = {
     "target": TARGET,
@@ -78,7 +88,8 @@ SCHEME = {
     "quantized_ops": ["conv2d", "linear", "mul (same-shape)", "cat", "pixel_shuffle (shared range)"],
     "rewrites": "layer scales folded into convs, SimpleGate convs cut in halves (exact)",
     "float_by_design": f"activations of the {PROMPT_PATH}; residual and skip sums; per-channel broadcast "
-                       f"products (channel attention, FiLM); output of convs with fewer than "
+                       f"products (channel attention, FiLM); the image conv(s) {', '.join(IMAGE_LAYERS)} "
+                       f"(weights and input); output of convs with fewer than "
                        f"{MIN_INT8_OUT_CHANNELS} output channels (int8 weights, float output)",
     "weight_only": f"conv / linear weights of the {PROMPT_PATH}: int8 symmetric per output channel, "
                    "float activations (the top-k routing sees float queries)",
@@ -99,8 +110,10 @@ def quantizer(float_layers=(), model=None, context: bool = False):
 
     scopes = tuple(prompt_path_modules(model)) if model is not None else ()
     float_layers = tuple(float_layers) + (context_float_layers(model) if context else ())
+    image = tuple(n for n in present_convs(model, IMAGE_LAYERS) if n not in float_layers)
     config = quantization_config()
-    marker = FloatScopeMarker(scopes, tuple(float_layers), prompt_weight_qspec=config.weight)
+    marker = FloatScopeMarker(scopes, tuple(float_layers), prompt_weight_qspec=config.weight,
+                              image_layers=image)
     with warnings.catch_warnings():  # "XNNPACKQuantizer is deprecated!": see the module docstring
         warnings.simplefilter("ignore")
         xnnpack = XNNPACKQuantizer()
@@ -337,11 +350,14 @@ class FloatScopeMarker(_base_quantizer()):
     which skips annotated nodes, leaves their activations in float. Prompt-path and narrow conv /
     linear nodes get a weight-only annotation (`prompt_weight_qspec` on the weight input, nothing
     else); all other marked nodes get an empty one. Narrow convs and float layers also keep their
-    output float (`float_nodes`, see FloatEdgePass), so the runtime cannot fuse them into int8."""
+    output float (`float_nodes`, see FloatEdgePass), so the runtime cannot fuse them into int8. The
+    `image_layers` are float (weights and input) but their consumers still quantize what they read,
+    so the convs after them stay integer."""
 
-    def __init__(self, scopes=(), float_layers=(), prompt_weight_qspec=None):
+    def __init__(self, scopes=(), float_layers=(), prompt_weight_qspec=None, image_layers=()):
         super().__init__()
         self.scopes, self.float_layers = tuple(scopes), tuple(float_layers)
+        self.image_layers = tuple(image_layers)
         self.prompt_weight_qspec = prompt_weight_qspec
         self.float_nodes: set = set()
 
@@ -354,6 +370,9 @@ class FloatScopeMarker(_base_quantizer()):
                 continue
             prompt = not _is_feature_map(node) or _in_scope(node, self.scopes)
             float_layer = _in_scope(node, self.float_layers)
+            if not prompt and not float_layer and _in_scope(node, self.image_layers):
+                node.meta["quantization_annotation"] = QuantizationAnnotation(_annotated=True)
+                continue
             narrow = not float_layer and _is_narrow_conv(node)
             if not (prompt or float_layer or narrow) and (_is_broadcast_product(node) or
                                                            _is_float_eltwise(node)):

@@ -33,7 +33,12 @@ import os
 
 from datprl_edge.models.student_blocks import Halves, rewritten_copy
 from datprl_edge.quantize.feed import example_context_size, mark
-from datprl_edge.quantize.scope import PROMPT_PATH, channel_attention_layers, prompt_path_modules
+from datprl_edge.quantize.scope import (
+    PROMPT_PATH,
+    channel_attention_layers,
+    present_convs,
+    prompt_path_modules,
+)
 
 TARGET = "openvino"
 # NNCF's CPU placement quantizes the output of every add and product too, so the residual stream and
@@ -198,10 +203,7 @@ def layer_fake_quants(prepared, layer: str) -> list:
 
 def scheme_float_layers(model, float_layers=()) -> tuple:
     """`float_layers` plus the image convs (`IMAGE_LAYERS`) and channel-attention convs the model has."""
-    from torch import nn
-
-    mods = dict(model.named_modules())
-    extra = [n for n in IMAGE_LAYERS if isinstance(mods.get(n), nn.Conv2d)]
+    extra = present_convs(model, IMAGE_LAYERS)
     if POOLED_LAYERS:
         extra += channel_attention_layers(model)
     return tuple(float_layers) + tuple(n for n in extra if n not in float_layers)

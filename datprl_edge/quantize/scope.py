@@ -69,6 +69,14 @@ def _under(name: str, prefixes) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
+def present_convs(model, names) -> list[str]:
+    """The `names` that are Conv2d layers of `model` (a scheme's fixed float layers; none without a model)."""
+    from torch import nn
+
+    mods = dict(model.named_modules()) if model is not None else {}
+    return [n for n in names if isinstance(mods.get(n), nn.Conv2d)]
+
+
 def check_float_layers(model, float_layers) -> tuple[str, ...]:
     """Validated, de-duplicated layer names in module order."""
     if isinstance(float_layers, str):

@@ -80,12 +80,13 @@ def test_prompt_path_is_weight_only_int8(exported, qat_checkpoint):
         return node is not None and node.op_type == "DequantizeLinear" and (
             not int8_only or node.input[0] in int8)
 
-    from datprl_edge.quantize.onnx import context_float_layers
+    from datprl_edge.quantize.onnx import IMAGE_LAYERS, context_float_layers
 
     weighted = [n for n in graph.node if n.op_type in ("Conv", "Gemm")]
     float_weights = [n for n in weighted if not from_dq(n.input[1], int8_only=True)]
-    # only the channel-attention convs on the context entries keep float weights (see the scheme)
-    assert weighted and len(float_weights) == len(context_float_layers(qat_checkpoint[0]))
+    # only the channel-attention convs on the context entries and the image conv keep float weights
+    assert weighted and len(float_weights) == len(context_float_layers(qat_checkpoint[0])) + len(IMAGE_LAYERS)
+    assert any(n.input[1] == "intro.weight" for n in float_weights)
     assert all(n.op_type == "Conv" for n in float_weights)
     gemms = [n for n in graph.node if n.op_type == "Gemm"]  # edge-xs: every Linear is on the prompt path
     assert len(gemms) == linears and not any(from_dq(n.input[0]) for n in gemms)
@@ -152,6 +153,7 @@ def _pixel_and_routing_convs(model):
     from torch import nn
 
     from datprl_edge.models.student_blocks import fold_layer_scales, split_gates
+    from datprl_edge.quantize.onnx import IMAGE_LAYERS
     from datprl_edge.quantize.scope import prompt_path_modules
 
     m = copy.deepcopy(model)
@@ -160,15 +162,18 @@ def _pixel_and_routing_convs(model):
     routing = tuple(prompt_path_modules(m))
     convs = [n for n, mod in m.named_modules() if isinstance(mod, nn.Conv2d)]
     # query mappers read feature maps but feed the top-k routing; `sca` convs see pooled (B, C, 1, 1)
-    # vectors; `ending` (3 outputs: the residual image) is float by the scheme's narrow-conv rule
+    # vectors; `ending` (3 outputs: the residual image) is float by the scheme's narrow-conv rule,
+    # `intro` (the image conv) by IMAGE_LAYERS
     narrow = {n for n, mod in m.named_modules() if isinstance(mod, nn.Conv2d) and mod.out_channels < 8}
-    floats = [n for n in convs if n.startswith(routing) or n.endswith(".sca") or n in narrow]
+    floats = [n for n in convs if n.startswith(routing) or n.endswith(".sca") or n in narrow
+              or n in IMAGE_LAYERS]
     return len(convs) - len(floats), len(floats)
 
 
 def test_onnxruntime_runs_every_pixel_conv_in_integer_kernels(exported, qat_checkpoint):
-    """From onnxruntime's optimized graph: every feature-map conv is a QLinearConv; float convs are the
-    routing ones only; the channel split and the layer-scale multiplies are gone."""
+    """From onnxruntime's optimized graph: every feature-map conv but the image ones is a QLinearConv;
+    float convs are the routing, channel-attention and image ones only; the channel split and the
+    layer-scale multiplies are gone."""
     from datprl_edge.runtime.onnx import runtime_kernels
 
     out, _, reports = exported

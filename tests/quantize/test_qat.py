@@ -123,8 +123,15 @@ def test_ptq_is_calibration_only(student, onnx_ptq):
     assert torch.equal(state["intro.weight"], own["intro.weight"])
     assert onnx_ptq.source == "PTQ" and onnx_ptq.metrics["val_source"] == "given"
     # the int8 ranges were set from the calibration images
-    mods = onnx_quant.layer_fake_quants(onnx_ptq.prepared, "intro")
+    mods = onnx_quant.layer_fake_quants(onnx_ptq.prepared, "encoders.0.0.conv3")
     assert mods and all(float(m.scale.min()) > 0 for m in mods)
+    # the image conv is float by the scheme (IMAGE_LAYERS): its weight and the image it reads are not
+    # quantized (what it outputs is, for the int8 convs that read it)
+    intro = [n for n in onnx_ptq.prepared.graph.nodes
+             if n.target == torch.ops.aten.conv2d.default and onnx_quant._module_path(n) == "intro"]
+    assert len(intro) == 1 and intro[0].args[1].op == "get_attr"
+    image = next(n for n in onnx_ptq.prepared.graph.nodes if n.op == "placeholder")
+    assert not any(u.op == "call_module" and "activation_post_process" in str(u.target) for u in image.users)
 
 
 def test_float_layers_stay_float(student):
@@ -133,8 +140,8 @@ def test_float_layers_stay_float(student):
     from datprl_edge.quantize import openvino as openvino_quant
 
     ex = example_inputs(student, SIZE)
-    p = onnx_quant.prepare(student, ex, ("intro", "decoders.0.0.conv1"))
-    assert onnx_quant.layer_fake_quants(p, "intro") == []
+    p = onnx_quant.prepare(student, ex, ("decoders.0.0.conv1",))
+    assert onnx_quant.layer_fake_quants(p, "decoders.0.0.conv1") == []
     assert onnx_quant.layer_fake_quants(p, "decoders.0.0.conv2")
     p = coreml_quant.prepare(student, ex, ("intro", "decoders.0.0.conv1"))
     assert isinstance(p.intro, torch.nn.Conv2d) and not hasattr(p.intro, "weight_fake_quant")
