@@ -146,7 +146,13 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
     from datprl_edge.models.context import context_layout
     from datprl_edge.models.registry import model_config
     from datprl_edge.quantize.loop import as_pairs, calibration_batches, drops, evaluate, train
-    from datprl_edge.quantize.scope import calibrate, check_float_layers, example_inputs, prompt_path_modules
+    from datprl_edge.quantize.scope import (
+        calibrate,
+        check_float_layers,
+        example_inputs,
+        prompt_path_modules,
+        scheme_ranges,
+    )
 
     if not hasattr(model, "state_dict"):
         raise ConfigError("run_qat needs a torch model (nn.Module)")
@@ -172,7 +178,7 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
 
     def build(floats):
         prepared = qm.prepare(base, example, floats, calib=batches)
-        calibrate(prepared, batches, ranges=qm.SCHEME.get("calibration", "mean"))
+        calibrate(prepared, batches, ranges=scheme_ranges(qm))
         if config.steps:
             # The routing modules (float activations in every scheme) stay as trained, so the INT8 model
             # picks the prompts the FP32 model picks: Adam moves every trained weight by about lr

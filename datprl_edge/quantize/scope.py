@@ -136,6 +136,11 @@ def frozen_observers(prepared):
 CALIBRATION_RANGES = ("mean", "extremes")
 
 
+def scheme_ranges(qm) -> str:
+    """How the target scheme `qm` (a quantize module) sets activation ranges: its SCHEME["calibration"]."""
+    return qm.SCHEME.get("calibration", "mean")
+
+
 def calibrate(prepared, batches, ranges: str = "mean") -> int:
     """Set activation ranges from `batches` (tensors) with fake quant on; returns the batch count.
 

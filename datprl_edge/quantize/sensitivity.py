@@ -16,7 +16,7 @@ validation drop is within budget.
 from __future__ import annotations
 
 from datprl_edge.quantize.loop import drops, evaluate
-from datprl_edge.quantize.scope import calibrate, frozen_observers, quantizable_layers
+from datprl_edge.quantize.scope import calibrate, frozen_observers, quantizable_layers, scheme_ranges
 
 MAX_ROUNDS = 4
 
@@ -34,7 +34,7 @@ def rank_layers(qm, base, example, batches, val, fp32, float_layers, multiple):
     """[(layer, gain_db)] sorted by gain (most sensitive first), plus the proxy model's full drop.
     `qm`: the proxy scheme's quantize module (`proxy_scheme`)."""
     proxy = qm.prepare(base, example, float_layers, calib=batches)
-    calibrate(proxy, batches, ranges=qm.SCHEME.get("calibration", "mean"))
+    calibrate(proxy, batches, ranges=scheme_ranges(qm))
     full = drops(fp32, evaluate(proxy, val, multiple))["worst"]
     ranking = []
     with frozen_observers(proxy):
