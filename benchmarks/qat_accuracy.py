@@ -56,6 +56,8 @@ def main(argv=None) -> int:
                     help="QATConfig.routing_weight (default: its own)")
     ap.add_argument("--distill-loss", default=None,
                     help="QATConfig.distill_loss: l1 or psnr (default: its own)")
+    ap.add_argument("--select-every", type=int, default=0,
+                    help="QATConfig.select_every: keep the best step on the search pairs (0: the last)")
     ap.add_argument("--freeze-at", type=float, default=None, help="QATConfig.freeze_observers_at")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--crop", type=int, default=64)
@@ -102,7 +104,8 @@ def main(argv=None) -> int:
         "settings": {"steps": args.steps, "lr": args.lr, "batch_size": args.batch_size, "crop": args.crop,
                      "max_drop": args.max_drop, "gt_weight": args.gt_weight,
                      "routing_weight": args.routing_weight, "distill_loss": args.distill_loss,
-                     "float_layers": args.float_layers, "freeze_observers_at": args.freeze_at},
+                     "float_layers": args.float_layers, "freeze_observers_at": args.freeze_at,
+                     "select_every": args.select_every},
         "command": "python benchmarks/qat_accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "env": {"python": platform.python_version(), "torch": torch.__version__,
                 "cpu_threads": torch.get_num_threads(), **isa_block()},
@@ -126,11 +129,14 @@ def main(argv=None) -> int:
                 extra["float_layers"] = args.float_layers
             if args.freeze_at is not None:
                 extra["freeze_observers_at"] = args.freeze_at
+            if args.select_every and steps:
+                extra["select_every"] = args.select_every
             # best_effort: a budget the search cannot meet is recorded as missed, not raised
             cfg = QATConfig(target=target, steps=steps, lr=args.lr, batch_size=args.batch_size,
                             crop=args.crop, max_drop=max_drop, best_effort=max_drop is not None, **extra)
             t0 = time.time()
-            search = search_pairs(tasks, args.val_count, args.val_size) if cfg.max_drop is not None else None
+            selecting = cfg.max_drop is not None or cfg.select_every
+            search = search_pairs(tasks, args.val_count, args.val_size) if selecting else None
             result = results[name] = run_qat(model, cfg, calib, val=val, search_val=search,
                              log=lambda m, t=target, n=name: print(f"[{t} {n}] {m}", flush=True))
             m = result.metrics
@@ -139,6 +145,8 @@ def main(argv=None) -> int:
                          "seconds": round(time.time() - t0, 1), "float_layers": list(result.float_layers)}
             if "sensitivity" in m:
                 row[name]["sensitivity"] = m["sensitivity"]
+            if "selection" in m:
+                row[name]["selection"] = m["selection"]
             routing = routing_agreement(model, result.prepared, val, multiple)
             if routing is not None:
                 row[name]["routing"] = routing

@@ -35,6 +35,9 @@ def register(subparsers):
     p.add_argument("--distill-loss", default="l1", metavar="{l1,psnr}",
                    help="match to the FP32 output: l1 (default), or psnr (each image's dB gap counts alike, "
                         "so well-restored tasks such as CT are not outweighed)")
+    p.add_argument("--select-every", type=int, default=0, metavar="N",
+                   help="score the worst-task drop on separate training-image pairs every N steps and keep "
+                        "the best step; default 0 (keep the last step)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-count", type=int, default=4,
                    help="validation pairs per recipe task for the PSNR report and --max-drop "
@@ -69,15 +72,15 @@ def run(args) -> int:
     config = QATConfig(target=args.target, steps=args.steps, batch_size=args.batch_size, crop=args.crop,
                        lr=args.lr, float_layers=args.float_layers, max_drop=args.max_drop, seed=args.seed,
                        best_effort=args.best_effort, routing_weight=args.routing_weight,
-                       distill_loss=args.distill_loss,
+                       distill_loss=args.distill_loss, select_every=args.select_every,
                        checkpoint_every=args.checkpoint_every)
     source = locate_model(args.model)
     model = source.load()
     teacher = resolve_model(args.teacher) if args.teacher else None
     calib, tasks = calibration_pairs(args.calib)
     val = validation_pairs(tasks, args.val_count, args.val_size) if args.val_count else None
-    searching = args.max_drop is not None and val
-    search = search_pairs(tasks, args.val_count, args.val_size) if searching else None
+    searching = (args.max_drop is not None and val) or (config.select_every and config.steps)
+    search = search_pairs(tasks, max(args.val_count, 4), args.val_size) if searching else None
     result = run_qat(model, config, calib, teacher=teacher, val=val, search_val=search,
                      state_dir=args.resume_dir,
                      log=lambda msg: print(f"[qat] {msg}", flush=True))

@@ -11,7 +11,8 @@ Why not torchao PT2E with coremltools' `CoreMLQuantizer`: it fails to import wit
 LinearQuantizer traces with `torch.fx.symbolic_trace`, which cannot follow the student's
 top-level forward (input checks and padding branch on tensor shapes). So it quantizes the largest
 traceable pieces that the forward calls: each encoder/decoder/middle block, down/up sampler and
-the intro/ending convs (a whole folded plain-conv model when that traces). The joins between
+the intro/ending convs (float in scheme 2, `IMAGE_LAYERS`; a whole folded plain-conv model when
+that traces). The joins between
 pieces (skip additions, global residual) and the prompt path stay float (FP16 in Core ML).
 
 A model with a context is prepared with its three inputs: the top-level forward (mappers, routing,
@@ -31,39 +32,70 @@ import torch.fx
 
 from datprl_edge.models.context import context_layout
 from datprl_edge.quantize.feed import call_with_context, example_context_size, mark
-from datprl_edge.quantize.scope import PROMPT_PATH, film_modules, prompt_path_modules
+from datprl_edge.quantize.scope import (
+    PROMPT_PATH,
+    film_modules,
+    prompt_path_modules,
+    with_scheme_layers,
+)
 
 TARGET = "coreml"
 STACK = "coremltools.optimize.torch LinearQuantizer (torch.fx QAT) per traceable block"
 # "affine": activation zero points anywhere in [0, 255]. "symmetric" (zero point 0 or 128) spends a
 # bit of every signed tensor on values it never takes: edge-xs QAT worst drop 0.90 -> 0.48 dB (CT)
 QUANTIZATION_SCHEME = "affine"
+# Scheme 2, as the OpenVINO one: sums and products stay float (the residual stream, gates, channel
+# attention and layer-scale products are not rounded to 8 bits), and so do the convs that read the
+# image and write the restored residual and the channel-attention convs on pooled vectors: edge-xs PTQ
+# worst drop 1.40 -> 0.47 dB (CT 0.66 -> 0.05). Every other conv still reads an 8-bit map with int8
+# weights (W8A8), but its output is not quantized (LinearQuantizer puts a fake quant on every conv
+# output; the next conv quantizes its own input): PTQ 0.47 -> 0.19 dB (cloud removal; MRI 0.08 -> 0.00).
+FLOAT_OPS = ("add", "mul")
+IMAGE_LAYERS = ("intro", "ending")
+POOLED_LAYERS = True
+FLOAT_CONV_OUTPUTS = True
+# Bumped whenever the prepared module changes: a QAT checkpoint only loads into the module it was made
+# with. 1 (no field): every op quantized. 2: the float ops and layers above.
+SCHEME_VERSION = 2
 SCHEME = {
     "target": TARGET,
     "stack": STACK,
+    "version": SCHEME_VERSION,
     "quantizer": ("LinearQuantizer(LinearQuantizerConfig(global_config=ModuleLinearQuantizerConfig("
                   f"quantization_scheme='{QUANTIZATION_SCHEME}')))"),
     "weights": "int8 affine per output channel, moving-average min/max",
-    "activations": "quint8 affine (zero point from the range), per tensor",
-    "float_by_design": PROMPT_PATH + "; joins between traced blocks",
+    "activations": "quint8 affine (zero point from the range), per tensor, on conv inputs",
+    "float_by_design": (PROMPT_PATH + "; joins between traced blocks; sums and products "
+                        "(module_type_configs operator.add / mul: None); the image convs "
+                        + ", ".join(IMAGE_LAYERS) + " and the channel-attention convs (on pooled vectors); "
+                        "conv outputs (their fake quant dropped from the prepared graph)"),
     "float_layer_semantics": "LinearQuantizer module_name_configs[layer] = None",
     "converted": "eager module whose blocks are LinearQuantizer.finalize()d torch.fx GraphModules",
     "export": "torch.jit.trace(converted) -> coremltools.convert(mlprogram, minimum_deployment_target=iOS17)",
     "input_sizes": "any H and W (the top-level padding stays eager)",
     "why": "CoreMLQuantizer (PT2E) needs torch.ao.quantization.quantizer, removed in torch 2.13",
+    # QAT keeps the calibrated activation ranges (the moving averages over 64-pixel training crops
+    # drifted away from the whole-image ranges): edge-xs QAT worst drop 0.159 -> 0.120 dB at lr 1e-5
+    # (dehazing 0.16 -> -0.07; benchmarks/results/qat_coreml_scheme2.json)
+    "freeze_observers_at": 0.0,
 }
 
 QUANTIZERS_ATTR = "_datprl_coreml_quantizers"
 
 
 def _config(float_names=(), leaves=()):
+    import operator
+
+    import torch
     from coremltools.optimize.torch.quantization import (
         LinearQuantizerConfig,
         ModuleLinearQuantizerConfig,
     )
 
+    functions = {"add": (operator.add, torch.add), "mul": (operator.mul, torch.mul)}
     return LinearQuantizerConfig(
         global_config=ModuleLinearQuantizerConfig(quantization_scheme=QUANTIZATION_SCHEME),
+        module_type_configs={f: None for op in FLOAT_OPS for f in functions[op]},
         module_name_configs={n: None for n in float_names},
         non_traceable_module_names=list(leaves))
 
@@ -73,6 +105,7 @@ def prepare(model, example_inputs, float_layers=(), calib=None):
     import torch
     from coremltools.optimize.torch.quantization import LinearQuantizer
 
+    float_layers = scheme_float_layers(model, float_layers)
     q = copy.deepcopy(model).eval()
     with_context = bool(example_context_size(example_inputs))
     if with_context:
@@ -92,6 +125,8 @@ def prepare(model, example_inputs, float_layers=(), calib=None):
         quantizer = LinearQuantizer(sub, _config(rel_float, leaves))
         with torch.no_grad():
             prepared = quantizer.prepare(example_inputs=calls[unit], inplace=False)
+        if FLOAT_CONV_OUTPUTS:
+            _float_conv_outputs(prepared)
         prepared.eval()
         if not unit:
             prepared.__dict__[QUANTIZERS_ATTR] = {"": quantizer}
@@ -100,6 +135,36 @@ def prepare(model, example_inputs, float_layers=(), calib=None):
         quantizers[unit] = quantizer
     q.__dict__[QUANTIZERS_ATTR] = quantizers
     return mark(q, example_inputs)
+
+
+def _float_conv_outputs(prepared) -> int:
+    """Drop the fake quant that LinearQuantizer puts on a conv's output unless a conv reads it directly
+    (then it is that conv's input quantizer), so every conv still reads an 8-bit map; returns how many
+    were dropped."""
+    from torch import nn
+
+    def is_conv(node) -> bool:
+        if node.op == "call_module":
+            return isinstance(prepared.get_submodule(node.target), nn.Conv2d)
+        return node.op == "call_function" and node.target in (torch.conv2d, torch.nn.functional.conv2d)
+
+    dropped = 0
+    for node in list(prepared.graph.nodes):
+        if node.op == "call_module" and "activation_post_process" in str(node.target) and \
+                isinstance(node.args[0], torch.fx.Node) and is_conv(node.args[0]) and \
+                not any(is_conv(user) for user in node.users):  # a conv's input quantizer stays
+            node.replace_all_uses_with(node.args[0])
+            prepared.graph.erase_node(node)
+            dropped += 1
+    if dropped:
+        prepared.graph.lint()
+        prepared.recompile()
+    return dropped
+
+
+def scheme_float_layers(model, float_layers=()) -> tuple:
+    """`float_layers` plus the image convs (`IMAGE_LAYERS`) and channel-attention convs the model has."""
+    return with_scheme_layers(model, float_layers, IMAGE_LAYERS, POOLED_LAYERS)
 
 
 @torch.fx.wrap

@@ -145,7 +145,7 @@ def drops(reference: dict, quantized: dict) -> dict:
     return {"tasks": per, "worst": max(per.values()), "mean": float(np.mean(list(per.values())))}
 
 
-def train(prepared, ref_model, pairs, cfg, *, log=None, state_dir=None, frozen=()) -> dict:
+def train(prepared, ref_model, pairs, cfg, *, log=None, state_dir=None, frozen=(), select=None) -> dict:
     """Distil `ref_model` into the fake-quant `prepared` for cfg.steps steps (in place).
 
     Loss: `distill_loss` (cfg.distill_loss) to the reference output, plus cfg.gt_weight * L1 to the
@@ -155,18 +155,24 @@ def train(prepared, ref_model, pairs, cfg, *, log=None, state_dir=None, frozen=(
     swap a prompt. A step whose gradient is not finite is skipped (counted in "skipped_steps").
     Observers freeze at cfg.freeze_observers_at of the steps. With `state_dir`, state is saved
     atomically every cfg.checkpoint_every steps and resumed from there. Parameters under the module
-    names in `frozen` are not trained.
+    names in `frozen` are not trained. With `select` (prepared -> score, lower is better) and
+    cfg.select_every, the module is scored before the first step and every cfg.select_every steps
+    (and after the last); the best-scoring state is loaded at the end ("selection" in the result).
     """
     prefixes = tuple(f"{name}." for name in frozen)
     params = [p for n, p in prepared.named_parameters() if p.requires_grad and not n.startswith(prefixes)]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.steps, 1), eta_min=cfg.lr * 0.05)
     gen = torch.Generator().manual_seed(cfg.seed)
-    freeze_at = int(round(cfg.freeze_observers_at * cfg.steps))
+    freeze_at = int(round(freeze_fraction(cfg) * cfg.steps))
     start, history = 0, []
+    every = cfg.select_every if select is not None else 0
+    best: dict = {}
     state_path = Path(state_dir) / STATE_FILE if state_dir else None
     if state_path is not None and state_path.is_file():
-        start, history = _load_state(state_path, cfg, prepared, opt, sched, gen)
+        start, history, best = _load_state(state_path, cfg, prepared, opt, sched, gen)
+    if every and not best:
+        best = _scored(prepared, select, 0, {})
     use_gt = cfg.gt_weight > 0 and all(p.gt is not None for p in pairs)
     skipped = 0
     for step in range(start, cfg.steps):
@@ -194,13 +200,42 @@ def train(prepared, ref_model, pairs, cfg, *, log=None, state_dir=None, frozen=(
         history.append(loss.item())
         if log is not None:
             log(step + 1, history[-1])
+        if every and ((step + 1) % every == 0 or step + 1 == cfg.steps):
+            set_observers(prepared, False)
+            best = _scored(prepared, select, step + 1, best)
         if state_path is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-            _save_state(state_path, cfg, step + 1, prepared, opt, sched, gen, history)
+            _save_state(state_path, cfg, step + 1, prepared, opt, sched, gen, history, best)
     set_observers(prepared, False)
     tail = history[-max(1, len(history) // 10):]
-    return {"steps": cfg.steps, "loss_first": history[0] if history else None,
-            "loss_last_10pct": float(np.mean(tail)) if history else None, "resumed_from": start,
-            "skipped_steps": skipped}
+    out = {"steps": cfg.steps, "loss_first": history[0] if history else None,
+           "loss_last_10pct": float(np.mean(tail)) if history else None, "resumed_from": start,
+           "skipped_steps": skipped}
+    if best:
+        if best["step"] != cfg.steps:
+            prepared.load_state_dict(best["state"])
+        out["selection"] = {"every": every, "scores": best["scores"], "kept_step": best["step"],
+                            "kept_score": best["score"]}
+    return out
+
+
+def _scored(prepared, select, step: int, best: dict) -> dict:
+    """`best` updated with the score of `prepared` at `step` (its state kept when it is the lowest)."""
+    score = float(select(prepared))
+    scores = list(best.get("scores", [])) + [[step, score]]
+    if best and not score < best["score"]:
+        return {**best, "scores": scores}
+    state = {k: v.detach().clone() for k, v in prepared.state_dict().items()}
+    return {"step": step, "score": score, "state": state, "scores": scores}
+
+
+def freeze_fraction(cfg) -> float:
+    """cfg.freeze_observers_at, or where it is None the target scheme's (`scope.scheme_freeze_at`)."""
+    if cfg.freeze_observers_at is not None:
+        return float(cfg.freeze_observers_at)
+    from datprl_edge.core.targets import stage_module
+    from datprl_edge.quantize.scope import scheme_freeze_at
+
+    return scheme_freeze_at(stage_module(cfg.target, "quantize"))
 
 
 def _finite_grads(params) -> bool:
@@ -228,15 +263,22 @@ def config_key(cfg) -> str:
     keys = ("target", "steps", "batch_size", "crop", "lr", "gt_weight", "seed", "freeze_observers_at",
             "routing_weight")
     fields = {k: getattr(cfg, k) for k in keys}
-    if cfg.distill_loss != "l1":  # keys of runs saved before the option existed stay valid
+    fields["freeze_observers_at"] = freeze_fraction(cfg)
+    # keys of runs saved before these options existed stay valid
+    if cfg.distill_loss != "l1":
         fields["distill_loss"] = cfg.distill_loss
+    if getattr(cfg, "select_every", 0):
+        fields["select_every"] = cfg.select_every
     blob = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _save_state(path: Path, cfg, step, prepared, opt, sched, gen, history) -> None:
+def _save_state(path: Path, cfg, step, prepared, opt, sched, gen, history, best=None) -> None:
     blob = {"key": config_key(cfg), "step": step, "model": prepared.state_dict(), "opt": opt.state_dict(),
             "sched": sched.state_dict(), "gen": gen.get_state(), "history": torch.tensor(history)}
+    if best:
+        blob["best"] = {"step": best["step"], "score": best["score"], "state": best["state"],
+                        "scores": torch.tensor(best["scores"], dtype=torch.float64)}
     with atomic_path(path) as tmp:
         torch.save(blob, tmp)
 
@@ -250,4 +292,8 @@ def _load_state(path: Path, cfg, prepared, opt, sched, gen):
     opt.load_state_dict(blob["opt"])
     sched.load_state_dict(blob["sched"])
     gen.set_state(blob["gen"])
-    return int(blob["step"]), [float(v) for v in blob["history"]]
+    best = blob.get("best") or {}
+    if best:
+        best = {"step": int(best["step"]), "score": float(best["score"]), "state": best["state"],
+                "scores": [[int(s), float(v)] for s, v in best["scores"].tolist()]}
+    return int(blob["step"]), [float(v) for v in blob["history"]], best

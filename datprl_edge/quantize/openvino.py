@@ -35,9 +35,8 @@ from datprl_edge.models.student_blocks import Halves, rewritten_copy
 from datprl_edge.quantize.feed import example_context_size, mark
 from datprl_edge.quantize.scope import (
     PROMPT_PATH,
-    channel_attention_layers,
-    present_convs,
     prompt_path_modules,
+    with_scheme_layers,
 )
 
 TARGET = "openvino"
@@ -203,10 +202,7 @@ def layer_fake_quants(prepared, layer: str) -> list:
 
 def scheme_float_layers(model, float_layers=()) -> tuple:
     """`float_layers` plus the image convs (`IMAGE_LAYERS`) and channel-attention convs the model has."""
-    extra = present_convs(model, IMAGE_LAYERS)
-    if POOLED_LAYERS:
-        extra += channel_attention_layers(model)
-    return tuple(float_layers) + tuple(n for n in extra if n not in float_layers)
+    return with_scheme_layers(model, float_layers, IMAGE_LAYERS, POOLED_LAYERS)
 
 
 def _split_names(model, layers) -> list:

@@ -36,13 +36,17 @@ class QATConfig:
     routing_weight: float = 0.0  # weight of the routing-logit match to the reference (loop.train)
     distill_loss: str = "l1"  # match to the reference output: "l1", or "psnr" (mean per-image dB, loop.train)
     calib_batches: int = 8  # batches that set the activation ranges before training
-    freeze_observers_at: float = 0.7  # fraction of the steps after which ranges stop moving
+    # fraction of the steps after which ranges stop moving; None: the scheme's (scope.scheme_freeze_at)
+    freeze_observers_at: float | None = None
     float_layers: tuple = ()
     max_drop: float | None = None  # dB; runs the sensitivity search, and the result must meet it
     best_effort: bool = False  # with max_drop: keep the closest result instead of failing
     val_images: int = 8  # held-out calibration images for metrics when no validation set is given
     seed: int = 0
     checkpoint_every: int = 0  # with run_qat(state_dir=...): atomic resumable state every N steps
+    # every N steps (and before the first) score the worst-task drop on the search pairs and keep the
+    # best state (loop.train); 0: keep the last
+    select_every: int = 0
     example_size: int = 64
     context: bool = True  # a model with a context (models.context): the INT8 program takes it too
 
@@ -57,6 +61,7 @@ class QATConfig:
         _int(self.calib_batches, "calib_batches", 1)
         _int(self.val_images, "val_images", 0)
         _int(self.checkpoint_every, "checkpoint_every", 0)
+        _int(self.select_every, "select_every", 0, "0 keeps the last step")
         _int(self.example_size, "example_size", 16)
         if self.crop % 8 or self.example_size % 8:
             raise ConfigError(f"crop ({self.crop}) and example_size ({self.example_size}) must be "
@@ -67,9 +72,11 @@ class QATConfig:
             raise ConfigError(f"QAT context must be true or false, got {self.context!r}")
         for name in ("lr", "gt_weight", "routing_weight", "freeze_observers_at"):
             v = getattr(self, name)
+            if v is None and name == "freeze_observers_at":
+                continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ConfigError(f"QAT {name} must be a finite number >= 0, got {v!r}")
-        if self.freeze_observers_at > 1:
+        if self.freeze_observers_at is not None and self.freeze_observers_at > 1:
             raise ConfigError(f"freeze_observers_at is a fraction of the steps (0..1), "
                               f"got {self.freeze_observers_at}")
         md = self.max_drop
@@ -139,13 +146,21 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
     `calib`: calibration items (see `loop.as_pairs`). `teacher`: distil from it instead of the
     FP32 model. `val`: {task: (lq, gt)} tensors for the reported metrics (default: held-out
     calibration pairs); `search_val`: pairs the sensitivity search decides on (default: `val`; pass
-    other pairs to keep the reported numbers unbiased). `state_dir`: resumable training state.
+    other pairs to keep the reported numbers unbiased) and, with `config.select_every`, the pairs
+    the kept training step is chosen on (required then). `state_dir`: resumable training state.
     `log(message)` receives progress lines.
     """
     from datprl_edge.models.bounds import set_act_bounds
     from datprl_edge.models.context import context_layout
     from datprl_edge.models.registry import model_config
-    from datprl_edge.quantize.loop import as_pairs, calibration_batches, drops, evaluate, train
+    from datprl_edge.quantize.loop import (
+        as_pairs,
+        calibration_batches,
+        drops,
+        evaluate,
+        freeze_fraction,
+        train,
+    )
     from datprl_edge.quantize.scope import (
         calibrate,
         check_float_layers,
@@ -175,6 +190,20 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
     ref = base if teacher is None else (copy.deepcopy(teacher).eval() if teacher.training else teacher)
     say = log or (lambda _msg: None)
     qm = quant_module(config.target)
+    if config.freeze_observers_at is None:  # recorded as the value used
+        config = dataclasses.replace(config, freeze_observers_at=freeze_fraction(config))
+
+    selection = {}
+    if config.select_every and config.steps:
+        if not search_val:
+            raise ConfigError("select_every needs selection pairs apart from the reported ones (search_val, "
+                              "e.g. quantize.inputs.search_pairs)")
+        select_ref = evaluate(base, search_val, multiple)
+
+        def select(prepared):  # lower is better: the worst-task drop on the selection pairs
+            return drops(select_ref, evaluate(prepared, search_val, multiple))["worst"]
+    else:
+        select = None
 
     def build(floats):
         prepared = qm.prepare(base, example, floats, calib=batches)
@@ -183,8 +212,13 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
             # The routing modules (float activations in every scheme) stay as trained, so the INT8 model
             # picks the prompts the FP32 model picks: Adam moves every trained weight by about lr
             # per step, and the top-k prompt choice is discrete.
-            train(prepared, ref, train_pairs, config, state_dir=_state_dir(state_dir, floats), log=progress,
-                  frozen=prompt_path_modules(base))
+            stats = train(prepared, ref, train_pairs, config, state_dir=_state_dir(state_dir, floats),
+                          log=progress, frozen=prompt_path_modules(base), select=select)
+            if "selection" in stats:
+                selection.clear()
+                selection.update(stats["selection"])
+                say(f"kept step {selection['kept_step']} of {config.steps} (worst drop "
+                    f"{selection['kept_score']:.3f} dB on the selection pairs)")
         return prepared
 
     def progress(step, loss):
@@ -209,6 +243,8 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
         prepared = build(float_layers)
     source = "held-out calibration" if isinstance(val, _HeldOut) else "given"
     metrics = {"val_source": source if val else "none"}
+    if selection:
+        metrics["selection"] = dict(selection)
     if val:
         quant = evaluate(prepared, val, multiple)
         metrics.update({"psnr_fp32": fp32, "psnr_int8": quant, "drop_db": drops(fp32, quant),

@@ -77,6 +77,15 @@ def present_convs(model, names) -> list[str]:
     return [n for n in names if isinstance(mods.get(n), nn.Conv2d)]
 
 
+def with_scheme_layers(model, float_layers, image_layers, pooled: bool) -> tuple:
+    """`float_layers` plus a scheme's fixed float layers that `model` has: the image convs named in
+    `image_layers` and, with `pooled`, the channel-attention convs."""
+    extra = present_convs(model, image_layers)
+    if pooled:
+        extra += channel_attention_layers(model)
+    return tuple(float_layers) + tuple(n for n in extra if n not in float_layers)
+
+
 def check_float_layers(model, float_layers) -> tuple[str, ...]:
     """Validated, de-duplicated layer names in module order."""
     if isinstance(float_layers, str):
@@ -139,6 +148,17 @@ CALIBRATION_RANGES = ("mean", "extremes")
 def scheme_ranges(qm) -> str:
     """How the target scheme `qm` (a quantize module) sets activation ranges: its SCHEME["calibration"]."""
     return qm.SCHEME.get("calibration", "mean")
+
+
+# QAT default: activation ranges keep moving (moving averages of the training batches) for the first
+# 70% of the steps, unless the target's scheme says otherwise (SCHEME["freeze_observers_at"])
+FREEZE_OBSERVERS_AT = 0.7
+
+
+def scheme_freeze_at(qm) -> float:
+    """The fraction of QAT steps after which the target scheme `qm` (a quantize module) stops moving its
+    activation ranges (0: they stay where calibration set them)."""
+    return float(qm.SCHEME.get("freeze_observers_at", FREEZE_OBSERVERS_AT))
 
 
 def calibrate(prepared, batches, ranges: str = "mean") -> int:

@@ -70,6 +70,21 @@ def test_config_validation():
     assert QATConfig(target="onnx", float_layers="intro, ending").float_layers == ("intro", "ending")
     with pytest.raises(ConfigError, match="routing_weight"):
         QATConfig(target="onnx", routing_weight=float("nan"))
+    with pytest.raises(ConfigError, match="freeze_observers_at"):
+        QATConfig(target="onnx", freeze_observers_at=1.5)
+
+
+def test_observer_freeze_defaults_to_the_scheme():
+    """Unset, the fraction of QAT steps with moving activation ranges is the target scheme's: Core ML
+    keeps its calibrated ranges from the first step; a set value wins."""
+    from datprl_edge.quantize.loop import config_key, freeze_fraction
+
+    assert freeze_fraction(QATConfig(target="coreml")) == 0.0
+    assert freeze_fraction(QATConfig(target="openvino")) == 0.7
+    assert freeze_fraction(QATConfig(target="coreml", freeze_observers_at=0.5)) == 0.5
+    # resumable states made with the value spelled out stay valid
+    assert config_key(QATConfig(target="openvino")) == config_key(QATConfig(target="openvino",
+                                                                            freeze_observers_at=0.7))
 
 
 def test_float_layer_names_checked(student):
@@ -316,6 +331,71 @@ def test_openvino_keeps_block_outputs_float(student, monkeypatch):
     assert len(weights) >= 40  # every other pixel-path conv's weight is int8
 
 
+def test_coreml_keeps_sums_products_and_image_convs_float(student, monkeypatch):
+    """The Core ML scheme (quantize.coreml, version 2): no fake quant reads the output of a sum, product
+    or conv inside the traced blocks unless a conv reads it (its input quantizer), the image and
+    channel-attention convs have float weights, and every other block conv still has int8 weights.
+    coremltools' default configuration quantizes all of those outputs."""
+    import operator
+
+    from datprl_edge.quantize import coreml as coreml_quant
+    from datprl_edge.quantize.scope import channel_attention_layers
+
+    def eltwise_fed_quantizers(prepared):
+        out = []
+        for _, mod in prepared.named_modules():
+            graph = getattr(mod, "graph", None)
+            for node in graph.nodes if graph is not None else ():
+                if node.op == "call_function" and node.target in (operator.add, operator.mul):
+                    users = [u for u in node.users if u.op == "call_module" and
+                             "activation_post_process" in str(u.target)]
+                    # a conv's input quantizer may sit on a sum / product: that one stays
+                    out += [u for u in users if not any("conv" in str(v.target) for v in u.users)]
+        return out
+
+    def conv_fed_quantizers(prepared):
+        graphs = [(m, m.graph) for _, m in prepared.named_modules() if hasattr(m, "graph")]
+        return [n for mod, graph in graphs for n in graph.nodes
+                if n.op == "call_module" and "activation_post_process" in str(n.target)
+                and n.args[0].op == "call_module"
+                and isinstance(mod.get_submodule(n.args[0].target), torch.nn.Conv2d)]
+
+    def float_input_convs(prepared):
+        out = []
+        for mod in [m for _, m in prepared.named_modules() if hasattr(m, "graph")]:
+            for n in mod.graph.nodes:
+                conv = (n.op == "call_module" and isinstance(mod.get_submodule(n.target), torch.nn.Conv2d)) \
+                    or (n.op == "call_function" and n.target is torch.conv2d)
+                src = n.args[0] if conv else None
+                if conv and not (src.op == "call_module" and "activation_post_process" in str(src.target)):
+                    out.append(n)
+        return out
+
+    from datprl_edge.models.bounds import set_act_bounds
+
+    ex = example_inputs(student, SIZE)
+    p = coreml_quant.prepare(student, ex)
+    assert coreml_quant.SCHEME["version"] == 2 and eltwise_fed_quantizers(p) == []
+    # without the activation clamps between convs, as QAT prepares it: every conv but the float
+    # channel-attention ones reads a quantized map
+    unbounded = copy.deepcopy(student)
+    set_act_bounds(unbounded, None)
+    pooled = len(channel_attention_layers(student))
+    for model in (student, unbounded):
+        assert len(float_input_convs(coreml_quant.prepare(model, ex))) == pooled
+    for name in ("intro", "ending") + channel_attention_layers(student):
+        assert not hasattr(p.get_submodule(name), "weight_fake_quant"), name
+    convs = [n for n, m in p.named_modules() if hasattr(m, "weight_fake_quant")]
+    assert len(convs) >= 35 and not [n for n in convs if n.endswith(".sca")]  # 5 per block, ups
+    monkeypatch.setattr(coreml_quant, "FLOAT_OPS", ())
+    monkeypatch.setattr(coreml_quant, "IMAGE_LAYERS", ())
+    monkeypatch.setattr(coreml_quant, "POOLED_LAYERS", False)
+    monkeypatch.setattr(coreml_quant, "FLOAT_CONV_OUTPUTS", False)
+    default = coreml_quant.prepare(student, ex)
+    assert len(eltwise_fed_quantizers(default)) >= 10 and len(conv_fed_quantizers(default)) >= 35
+    assert len([n for n, m in default.named_modules() if hasattr(m, "weight_fake_quant")]) > len(convs)
+
+
 def test_openvino_layer_switches(student):
     """The sensitivity search toggles one layer's NNCF quantizers (weight and own input) in place."""
     from datprl_edge.quantize import openvino as openvino_quant
@@ -438,3 +518,45 @@ def test_non_finite_gradient_step_is_skipped(student, onnx_ptq, monkeypatch):
     assert info["skipped_steps"] == 2
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if "weight" in k or "bias" in k)
+
+
+def test_selection_keeps_the_best_scored_step(student, onnx_ptq, tmp_path):
+    """select_every: the module is scored before the first step and every N steps; the best-scoring
+    state is what train leaves (here step 2 of 4), and a resumed run carries the kept state."""
+    from datprl_edge.quantize import loop
+
+    pairs = loop.as_pairs(_calib(), 3)
+    cfg = _cfg("onnx", steps=4, lr=1e-2, select_every=1, checkpoint_every=3)
+    scripted, snapshots = iter([0.5, 0.4, 0.1, 0.3, 0.2]), {}
+
+    def select(prepared):
+        snapshots[len(snapshots)] = {k: v.clone() for k, v in prepared.state_dict().items()}
+        return next(scripted)
+
+    model = copy.deepcopy(onnx_ptq.prepared)
+    info = loop.train(model, student, pairs, cfg, select=select)
+    sel = info["selection"]
+    assert [s for s, _ in sel["scores"]] == [0, 1, 2, 3, 4] and sel["kept_step"] == 2
+    assert sel["kept_score"] == pytest.approx(0.1)
+    kept, last = snapshots[2], snapshots[4]
+    state = model.state_dict()
+    # (torch's observer load resets its `eps` buffer to the dtype's; weights, scales and zero points load)
+    assert all(torch.equal(state[k], kept[k]) for k in kept if not k.endswith(".eps"))
+    assert any(not torch.equal(kept[k], last[k]) for k in kept if "weight" in k)
+
+    # resumed from the state saved at step 3: the best (step 2) comes back with it
+    first = copy.deepcopy(onnx_ptq.prepared)
+    scores = iter([0.5, 0.4, 0.1, 0.3, 9.0])
+    loop.train(first, student, pairs, cfg, select=lambda p: next(scores), state_dir=tmp_path)
+    resumed = copy.deepcopy(onnx_ptq.prepared)
+    info = loop.train(resumed, student, pairs, cfg, select=lambda p: 9.0, state_dir=tmp_path)
+    assert info["resumed_from"] == 3 and info["selection"]["kept_step"] == 2
+    got, want = resumed.state_dict(), first.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in kept if not k.endswith(".eps"))
+
+
+def test_selection_needs_separate_pairs(student):
+    with pytest.raises(ConfigError, match="select_every needs selection pairs"):
+        run_qat(student, _cfg("onnx", steps=1, select_every=1), _calib(), val=VAL)
+    with pytest.raises(ConfigError, match="select_every must be an integer >= 0"):
+        _cfg("onnx", select_every=-1)
