@@ -12,8 +12,8 @@ LinearQuantizer traces with `torch.fx.symbolic_trace`, which cannot follow the s
 top-level forward (input checks and padding branch on tensor shapes). So it quantizes the largest
 traceable pieces that the forward calls: each encoder/decoder/middle block, down/up sampler and
 the intro/ending convs (float in scheme 2, `IMAGE_LAYERS`; a whole folded plain-conv model when
-that traces). The joins between
-pieces (skip additions, global residual) and the prompt path stay float (FP16 in Core ML).
+that traces). The joins between pieces (skip additions, global residual) and the prompt path stay
+float (FP16 in Core ML).
 
 A model with a context is prepared with its three inputs: the top-level forward (mappers, routing,
 context arithmetic) stays eager and float. A block takes the forward pass's `Context` object (or
@@ -48,8 +48,8 @@ QUANTIZATION_SCHEME = "affine"
 # attention and layer-scale products are not rounded to 8 bits), and so do the convs that read the
 # image and write the restored residual and the channel-attention convs on pooled vectors: edge-xs PTQ
 # worst drop 1.40 -> 0.47 dB (CT 0.66 -> 0.05). Every other conv still reads an 8-bit map with int8
-# weights (W8A8), but its output is not quantized (LinearQuantizer puts a fake quant on every conv
-# output; the next conv quantizes its own input): PTQ 0.47 -> 0.19 dB (cloud removal; MRI 0.08 -> 0.00).
+# weights (W8A8), but a conv output that no conv reads directly is not quantized (LinearQuantizer puts
+# a fake quant on every conv output): PTQ 0.47 -> 0.20 dB (cloud removal; MRI 0.08 -> 0.03).
 FLOAT_OPS = ("add", "mul")
 IMAGE_LAYERS = ("intro", "ending")
 POOLED_LAYERS = True
@@ -68,7 +68,8 @@ SCHEME = {
     "float_by_design": (PROMPT_PATH + "; joins between traced blocks; sums and products "
                         "(module_type_configs operator.add / mul: None); the image convs "
                         + ", ".join(IMAGE_LAYERS) + " and the channel-attention convs (on pooled vectors); "
-                        "conv outputs (their fake quant dropped from the prepared graph)"),
+                        "conv outputs no conv reads directly (their fake quant dropped from the prepared "
+                        "graph)"),
     "float_layer_semantics": "LinearQuantizer module_name_configs[layer] = None",
     "converted": "eager module whose blocks are LinearQuantizer.finalize()d torch.fx GraphModules",
     "export": "torch.jit.trace(converted) -> coremltools.convert(mlprogram, minimum_deployment_target=iOS17)",

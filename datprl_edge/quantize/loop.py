@@ -153,11 +153,12 @@ def train(prepared, ref_model, pairs, cfg, *, log=None, state_dir=None, frozen=(
     difference of every prompt pool's routing logits from the reference's (where the prepared module
     routes eagerly): the top-k choice is discrete, and INT8 features that move a query across a tie
     swap a prompt. A step whose gradient is not finite is skipped (counted in "skipped_steps").
-    Observers freeze at cfg.freeze_observers_at of the steps. With `state_dir`, state is saved
-    atomically every cfg.checkpoint_every steps and resumed from there. Parameters under the module
-    names in `frozen` are not trained. With `select` (prepared -> score, lower is better) and
-    cfg.select_every, the module is scored before the first step and every cfg.select_every steps
-    (and after the last); the best-scoring state is loaded at the end ("selection" in the result).
+    Observers freeze at cfg.freeze_observers_at of the steps (None: the scheme's, `freeze_fraction`).
+    With `state_dir`, state is saved atomically every cfg.checkpoint_every steps and resumed from
+    there. Parameters under the module names in `frozen` are not trained. With `select` (prepared ->
+    score, lower is better) and cfg.select_every, the module is scored before the first step and every
+    cfg.select_every steps (and after the last); the best-scoring state is loaded at the end
+    ("selection" in the result).
     """
     prefixes = tuple(f"{name}." for name in frozen)
     params = [p for n, p in prepared.named_parameters() if p.requires_grad and not n.startswith(prefixes)]
