@@ -77,7 +77,8 @@ SCHEME = {
     "why": "CoreMLQuantizer (PT2E) needs torch.ao.quantization.quantizer, removed in torch 2.13",
     # QAT keeps the calibrated activation ranges (the moving averages over 64-pixel training crops
     # drifted away from the whole-image ranges): edge-xs QAT worst drop 0.159 -> 0.120 dB at lr 1e-5
-    # (dehazing 0.16 -> -0.07; benchmarks/results/qat_coreml_scheme2.json)
+    # (dehazing 0.16 -> -0.07); single runs, and other frozen-range settings gave 0.115-0.189 dB
+    # (always CT): benchmarks/results/qat_coreml_scheme2.json
     "freeze_observers_at": 0.0,
 }
 
