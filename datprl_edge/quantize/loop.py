@@ -261,10 +261,9 @@ def distill_loss(out, target, kind: str = "l1"):
 
 def config_key(cfg) -> str:
     """Hash of the settings a resumed run must share with the saved one."""
-    keys = ("target", "steps", "batch_size", "crop", "lr", "gt_weight", "seed", "freeze_observers_at",
-            "routing_weight")
+    keys = ("target", "steps", "batch_size", "crop", "lr", "gt_weight", "seed", "routing_weight")
     fields = {k: getattr(cfg, k) for k in keys}
-    fields["freeze_observers_at"] = freeze_fraction(cfg)
+    fields["freeze_observers_at"] = freeze_fraction(cfg)  # the value used, whether given or the scheme's
     # keys of runs saved before these options existed stay valid
     if cfg.distill_loss != "l1":
         fields["distill_loss"] = cfg.distill_loss

@@ -193,15 +193,15 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
     if config.freeze_observers_at is None:  # recorded as the value used
         config = dataclasses.replace(config, freeze_observers_at=freeze_fraction(config))
 
-    selection = {}
+    selection, search_ref = {}, None  # search_ref: FP32 scores on search_val, computed once
     if config.select_every and config.steps:
         if not search_val:
             raise ConfigError("select_every needs selection pairs apart from the reported ones (search_val, "
                               "e.g. quantize.inputs.search_pairs)")
-        select_ref = evaluate(base, search_val, multiple)
+        search_ref = evaluate(base, search_val, multiple)
 
-        def select(prepared):  # lower is better: the worst-task drop on the selection pairs
-            return drops(select_ref, evaluate(prepared, search_val, multiple))["worst"]
+        def select(prepared, ref=search_ref):  # lower is better: the worst-task drop on the selection pairs
+            return drops(ref, evaluate(prepared, search_val, multiple))["worst"]
     else:
         select = None
 
@@ -234,7 +234,10 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
                               "with clean targets, or a validation set)")
         from datprl_edge.quantize.sensitivity import search
 
-        search_ref = fp32 if search_val is val else evaluate(base, search_val, multiple)
+        if search_val is val:
+            search_ref = fp32
+        elif search_ref is None:
+            search_ref = evaluate(base, search_val, multiple)
         prepared, float_layers, sensitivity = search(base, config, example, batches, search_val, search_ref,
                                                      float_layers, build, say)
         sensitivity["decided_on"] = "the reported validation pairs" if search_val is val else "separate pairs"
