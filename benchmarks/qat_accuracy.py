@@ -59,6 +59,8 @@ def main(argv=None) -> int:
     ap.add_argument("--select-every", type=int, default=0,
                     help="QATConfig.select_every: keep the best step on the search pairs (0: the last)")
     ap.add_argument("--freeze-at", type=float, default=None, help="QATConfig.freeze_observers_at")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="QATConfig.seed: training crops and calibration batches")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--crop", type=int, default=64)
     ap.add_argument("--calib", default="all", help="calibration recipe")
@@ -105,7 +107,7 @@ def main(argv=None) -> int:
                      "max_drop": args.max_drop, "gt_weight": args.gt_weight,
                      "routing_weight": args.routing_weight, "distill_loss": args.distill_loss,
                      "float_layers": args.float_layers, "freeze_observers_at": args.freeze_at,
-                     "select_every": args.select_every},
+                     "select_every": args.select_every, "seed": args.seed},
         "command": "python benchmarks/qat_accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "env": {"python": platform.python_version(), "torch": torch.__version__,
                 "cpu_threads": torch.get_num_threads(), **isa_block()},
@@ -133,7 +135,8 @@ def main(argv=None) -> int:
                 extra["select_every"] = args.select_every
             # best_effort: a budget the search cannot meet is recorded as missed, not raised
             cfg = QATConfig(target=target, steps=steps, lr=args.lr, batch_size=args.batch_size,
-                            crop=args.crop, max_drop=max_drop, best_effort=max_drop is not None, **extra)
+                            crop=args.crop, seed=args.seed, max_drop=max_drop,
+                            best_effort=max_drop is not None, **extra)
             t0 = time.time()
             selecting = cfg.max_drop is not None or cfg.select_every
             search = search_pairs(tasks, args.val_count, args.val_size) if selecting else None

@@ -26,7 +26,8 @@ def register(subparsers):
                    help="with --max-drop: save the closest result when the budget is not met (default: fail, "
                         "write nothing)")
     p.add_argument("--float-layers", default="", metavar="L1,L2",
-                   help="layers to keep in float (module names)")
+                   help="layers to keep in float (module names; a block's name means all its layers, "
+                        "e.g. decoders.0.0)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--crop", type=int, default=64, help="training crop size (multiple of 8); default 64")
     p.add_argument("--lr", type=float, default=3e-5)

@@ -87,15 +87,19 @@ def with_scheme_layers(model, float_layers, image_layers, pooled: bool) -> tuple
 
 
 def check_float_layers(model, float_layers) -> tuple[str, ...]:
-    """Validated, de-duplicated layer names in module order."""
+    """Validated, de-duplicated layer names in module order; a block's name (`decoders.0.0`) stands for
+    every quantizable layer inside it."""
     if isinstance(float_layers, str):
         float_layers = [s for s in float_layers.split(",") if s.strip()]
     wanted = [str(s).strip() for s in (float_layers or ())]
     layers = quantizable_layers(model)
+    chosen = set()
     for name in wanted:
-        if name not in layers:
+        inside = [n for n in layers if n == name or n.startswith(name + ".")]
+        if not inside:
             raise UnknownChoiceError("quantizable layer", name, layers or ["(none)"])
-    return tuple(n for n in layers if n in set(wanted))
+        chosen.update(inside)
+    return tuple(n for n in layers if n in chosen)
 
 
 def example_inputs(model, size: int = EXAMPLE_SIZE, batch: int = EXAMPLE_BATCH, *,

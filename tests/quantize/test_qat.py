@@ -93,6 +93,17 @@ def test_float_layer_names_checked(student):
     # prompt-path layers are float by design, so they are not choices
     with pytest.raises(UnknownChoiceError):
         check_float_layers(student, ["domain_mapper.proj"])
+    with pytest.raises(UnknownChoiceError, match="quantizable layer"):
+        check_float_layers(student, ["decoders.0.0.conv"])  # a block, not a prefix of names
+
+
+def test_a_block_name_stands_for_its_layers(student):
+    from datprl_edge.quantize.scope import quantizable_layers
+
+    block = check_float_layers(student, "decoders.0.0")
+    assert block == tuple(n for n in quantizable_layers(student) if n.startswith("decoders.0.0."))
+    assert "decoders.0.0.conv1" in block and "decoders.0.0.conv5" in block
+    assert check_float_layers(student, "ending,decoders.0.0") == block + ("ending",)
 
 
 @pytest.mark.parametrize("target", ["onnx", "openvino", "coreml"])
