@@ -32,7 +32,11 @@ quantized weight-only: its conv / linear weights are int8 symmetric per output c
 initializers feeding DequantizeLinear, so the file shrinks), while its activations stay float, so
 the discrete top-k prompt choice sees float queries and cannot flip on an activation rounding step.
 The `float_layers` stay fully float (their weights and output; a float layer still reads an
-int8 input when its producer is quantized).
+int8 input when its producer is quantized). A block whose every layer is a float layer
+(`--float-layers decoders.0.0`) is float as a whole, its gate and attention products too: the 8-bit
+gate outputs and conv inputs of a few blocks were the largest error sources on CT and MRI
+(`benchmarks/int8_error_sources.py`), and onnxruntime ran the edge-xs graph with four of its seven
+blocks float as fast as the all-int8 one (the float blocks' consumers read float maps too).
 
 torchao 0.18 ships XNNPACKQuantizer under `torchao.testing.pt2e` (marked deprecated in favour of
 executorch's copy, which needs executorch); the pinned torchao is the one this was checked against.
@@ -49,6 +53,7 @@ from datprl_edge.quantize.feed import example_context_size, mark
 from datprl_edge.quantize.scope import (
     PROMPT_PATH,
     channel_attention_layers,
+    float_blocks,
     present_convs,
     prompt_path_modules,
 )
@@ -109,7 +114,8 @@ def quantizer(float_layers=(), model=None, context: bool = False):
     from torchao.testing.pt2e._xnnpack_quantizer import XNNPACKQuantizer
 
     scopes = tuple(prompt_path_modules(model)) if model is not None else ()
-    float_layers = tuple(float_layers) + (context_float_layers(model) if context else ())
+    float_layers = tuple(float_layers) + float_blocks(model, float_layers)
+    float_layers += context_float_layers(model) if context else ()
     image = tuple(n for n in present_convs(model, IMAGE_LAYERS) if n not in float_layers)
     config = quantization_config()
     marker = FloatScopeMarker(scopes, tuple(float_layers), prompt_weight_qspec=config.weight,

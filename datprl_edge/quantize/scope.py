@@ -57,6 +57,22 @@ def quantizable_layers(model) -> list[str]:
             if isinstance(mod, (nn.Conv2d, nn.Linear)) and not _under(name, skip)]
 
 
+def float_blocks(model, float_layers) -> tuple:
+    """Names of the edge blocks whose every quantizable layer is in `float_layers` (e.g. given as
+    `--float-layers decoders.0.0`): a scheme may keep such a block float as a whole."""
+    from datprl_edge.models.student_blocks import EdgeBlock
+
+    if model is None:
+        return ()
+    chosen, layers = set(float_layers), quantizable_layers(model)
+    out = []
+    for name, mod in model.named_modules():
+        inside = [n for n in layers if n.startswith(name + ".")]
+        if isinstance(mod, EdgeBlock) and inside and all(n in chosen for n in inside):
+            out.append(name)
+    return tuple(out)
+
+
 def channel_attention_layers(model) -> tuple:
     """Names of the edge blocks' channel-attention convs (1x1 on a pooled (B, C, 1, 1) vector)."""
     from datprl_edge.models.student_blocks import EdgeBlock

@@ -176,6 +176,31 @@ def test_float_layers_stay_float(student):
     assert openvino_quant.nncf_node_names(student, ex[0], ("intro",)) == ["intro/conv2d/0"]
 
 
+def test_onnx_float_block_keeps_its_products_float(student):
+    """A block given whole (`decoders.0.0`) is float inside, gate products included; one float conv
+    leaves the block's gate products quantized."""
+    from datprl_edge.quantize import onnx as onnx_quant
+    from datprl_edge.quantize.scope import float_blocks
+
+    def quantized_in(p, block):
+        hits = []
+        for node in p.graph.nodes:
+            paths = [onnx_quant._clean_path(v[0]) for v in (node.meta.get("nn_module_stack") or {}).values()]
+            inside = any(s == block or s.startswith(block + ".") for s in paths)
+            if node.op == "call_function" and inside and any(
+                    u.op == "call_module" and "activation_post_process" in str(u.target) for u in node.users):
+                hits.append(node.target)
+        return hits
+
+    ex = example_inputs(student, SIZE)
+    whole = check_float_layers(student, "decoders.0.0")
+    assert float_blocks(student, whole) == ("decoders.0.0",)
+    assert float_blocks(student, whole[:-1]) == ()
+    assert quantized_in(onnx_quant.prepare(student, ex, whole), "decoders.0.0") == []
+    one = quantized_in(onnx_quant.prepare(student, ex, ("decoders.0.0.conv1",)), "decoders.0.0")
+    assert torch.ops.aten.mul.Tensor in one
+
+
 def test_sensitivity_keeps_layers_float(student, onnx_ptq):
     full = onnx_ptq.metrics["drop_db"]["worst"]
     budget = max(full / 2, 0.0)
