@@ -66,8 +66,12 @@ def load_for_inspect(spec: str, network=None, need_weights=True):
     source = locate_model(spec, network, random_init=True)
     if source.kind != "registry":
         model = source.load()
-        arch, _ = model_config(model)
+        arch, options = model_config(model)
         ckpt = getattr(model, "datprl_checkpoint", None)
+        if ckpt is not None and ckpt.stage == "qat":
+            raise ConfigError(f"{spec} is an INT8 QAT checkpoint (fake-quant {options.get('target')} "
+                              f"program); inspect its float model ({options.get('base_arch')}) or bench "
+                              "its exported artifact")
         kind = "bundled" if source.kind == "bundled" else "checkpoint"
         return model, {"model": spec, "arch": arch, "role": ckpt.stage if ckpt else "released",
                        "weights": kind, "weights_note": f"weights loaded from {spec}"}

@@ -131,8 +131,15 @@ def check_model_size(arch: str, opts: dict) -> None:
             raise ResourceLimitError(
                 f"{arch} option {key} = {str(value)[:60]} is far beyond any model this toolkit builds "
                 f"(numbers up to {_MAX_OPTION}; lists up to {_MAX_LIST} long, summing to {_MAX_LIST_SUM})")
-    with torch.device("meta"):
-        model = _build(arch, opts)
+    try:
+        with torch.device("meta"):
+            model = _build(arch, opts)
+    except DatprlEdgeError:
+        raise
+    except (RuntimeError, NotImplementedError):
+        # a builder that runs the model (a saved QAT program is re-prepared with a forward pass) cannot
+        # build on the meta device; it builds its base model with create_model, which checks that
+        return
     params = sum(p.numel() for p in model.parameters())
     limits.check("params", params, f"{arch} with these options")
     try:

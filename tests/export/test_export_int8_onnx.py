@@ -275,3 +275,21 @@ def test_int8_from_a_qat_result_alone_records_its_routing(exported):
     assert len(table["tasks"]) == 9 and set(table["domains"]) == {"natural", "medical", "remote"}
     for entry in table["tasks"].values():
         assert abs(sum(entry["domain_weights"]) - 1) < 1e-3 and abs(sum(entry["task_weights"]) - 1) < 1e-3
+
+
+def test_a_qat_checkpoint_loads_as_a_model_and_inspect_refuses_it(qat_checkpoint, capsys):
+    """load_model builds a QAT checkpoint (its size check cannot run on the meta device, the base's
+    does); `inspect`, which counts a float model, says what to do instead of tracing it."""
+    import torch
+    from conftest import run_cli
+
+    from datprl_edge.quantize.feed import run_image
+    from datprl_edge.sources import resolve_model
+
+    _, path = qat_checkpoint
+    program = resolve_model(str(path))
+    with torch.no_grad():
+        out = run_image(program, torch.rand(1, 3, 64, 64))
+    assert out.shape == (1, 3, 64, 64) and torch.isfinite(out).all()
+    code, _, err = run_cli(capsys, "inspect", path, "--no-latency")
+    assert code == 2 and "INT8 QAT checkpoint" in err and err.count("\n") == 1 and "Traceback" not in err
