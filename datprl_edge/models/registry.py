@@ -28,6 +28,7 @@ _BUILTIN_MODULES = ("datprl_edge.models.restormer", "datprl_edge.models.nafnet",
 _MAX_OPTION, _MAX_LIST, _MAX_LIST_SUM = 16384, 64, 1024
 
 _ARCHS: dict[str, Callable] = {}
+_SELF_CHECKED: set[str] = set()
 _MODELS: dict[str, ModelSpec] = {}
 _loaded = False
 
@@ -41,11 +42,15 @@ class ModelSpec:
     role: str  # "teacher" or "student"
 
 
-def register_arch(name: str):
-    """Decorator: register a builder `fn(**options) -> nn.Module` under an architecture name."""
+def register_arch(name: str, *, builds_checked_models: bool = False):
+    """Decorator: register a builder `fn(**options) -> nn.Module` under an architecture name.
+    `builds_checked_models`: the builder makes its model with `create_model` (which checks its size)
+    and cannot run on torch's meta device, so `check_model_size` does not build it there."""
 
     def deco(fn):
         _ARCHS[name] = fn
+        if builds_checked_models:
+            _SELF_CHECKED.add(name)
         return fn
 
     return deco
@@ -131,15 +136,10 @@ def check_model_size(arch: str, opts: dict) -> None:
             raise ResourceLimitError(
                 f"{arch} option {key} = {str(value)[:60]} is far beyond any model this toolkit builds "
                 f"(numbers up to {_MAX_OPTION}; lists up to {_MAX_LIST} long, summing to {_MAX_LIST_SUM})")
-    try:
-        with torch.device("meta"):
-            model = _build(arch, opts)
-    except DatprlEdgeError:
-        raise
-    except (RuntimeError, NotImplementedError):
-        # a builder that runs the model (a saved QAT program is re-prepared with a forward pass) cannot
-        # build on the meta device; it builds its base model with create_model, which checks that
+    if arch in _SELF_CHECKED:
         return
+    with torch.device("meta"):
+        model = _build(arch, opts)
     params = sum(p.numel() for p in model.parameters())
     limits.check("params", params, f"{arch} with these options")
     try:

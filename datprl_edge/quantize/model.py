@@ -9,7 +9,8 @@ from __future__ import annotations
 from datprl_edge.models.registry import register_arch
 
 
-@register_arch("QuantizedModel")
+# the saved program is re-prepared with a forward pass on a base built (and size-checked) by create_model
+@register_arch("QuantizedModel", builds_checked_models=True)
 def build_quantized_model(**options):
     from datprl_edge.quantize.qat import build_quantized
 
