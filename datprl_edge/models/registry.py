@@ -108,7 +108,10 @@ def create_model(name: str, **options):
 def _build(arch: str, opts: dict):
     try:
         return _ARCHS[arch](**opts)
-    except TypeError as e:
+    except DatprlEdgeError:
+        raise
+    except (TypeError, ValueError, IndexError) as e:
+        # an option of the wrong type or an absurd value (ffn_expand 1e307 makes torch refuse a conv)
         raise UnknownArchitectureError(f"bad options for {arch}: {e}") from None
 
 
