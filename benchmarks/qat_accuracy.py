@@ -69,11 +69,18 @@ def main(argv=None) -> int:
     ap.add_argument("--max-drop", type=float, default=None, help="also run the sensitivity search")
     ap.add_argument("--float-layers", default=None, metavar="L1,L2",
                     help="also run PTQ and QAT with these layers float (e.g. a --max-drop search's choice)")
-    ap.add_argument("--ship", action="store_true", help="write weights/STUDENT-int8-<target>.safetensors")
+    ap.add_argument("--ship", action="store_true", help="write weights/STUDENT-int8-<target>.safetensors: "
+                    "the variant with the smallest worst-task drop, or --ship-variant")
+    ap.add_argument("--ship-variant", default=None, metavar="NAME",
+                    help="with --ship: ship this variant (ptq, qat, ptq_float_layers, qat_float_layers)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="merge per-target result files into --output")
     ap.add_argument("-o", "--output", default=str(OUT))
     args = ap.parse_args(argv)
+    names = {"ptq", "qat"} | ({"qat_mixed"} if args.max_drop is not None else set()) \
+        | ({"ptq_float_layers", "qat_float_layers"} if args.float_layers else set())
+    if args.ship_variant is not None and args.ship_variant not in names:
+        ap.error(f"--ship-variant must be one of {', '.join(sorted(names))} with these options")
     if args.merge:
         return merge(args.merge, args.output)
 
@@ -160,7 +167,7 @@ def main(argv=None) -> int:
             row[f"{name}_within_0.1db_every_task"] = row[name]["drop_db"]["worst"] <= 0.1
         report["targets"][target] = row
         if args.ship and not placeholder:
-            best = min(reversed(list(results)), key=lambda k: row[k]["drop_db"]["worst"])
+            best = args.ship_variant or min(reversed(list(results)), key=lambda k: row[k]["drop_db"]["worst"])
             row["shipped_variant"] = best
             path = save_qat(results[best], WEIGHTS / f"{args.student}-int8-{target}.safetensors",
                             {"command": report["command"], "source": f"bundled:{args.student}",

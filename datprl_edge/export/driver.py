@@ -120,12 +120,15 @@ class ExportJob:
         return image, torch.rand(1, k, generator=gen), torch.rand(1, k, generator=gen)
 
     def float_program(self):
-        """The float module as a program of `example_inputs()` (positional), cached."""
-        if not self.context_layout:
-            return self.module
-        key = ("context_program", id(self.module))
+        """What float artifacts are converted from, as a program of `example_inputs()` (positional),
+        cached: the module with its gated convs cut in halves (`split_copy`, exact), as the INT8
+        schemes have them, so that no runtime runs a channel split."""
+        from datprl_edge.models.student_blocks import split_copy
+
+        key = ("float_program", id(self.module))
         if key not in self.cache:
-            self.cache[key] = with_context_inputs(self.module)
+            module = split_copy(self.module)
+            self.cache[key] = with_context_inputs(module) if self.context_layout else module
         return self.cache[key]
 
     def quant_program(self):
@@ -141,11 +144,11 @@ class ExportJob:
         return self.quant_program() if self.precision == "int8" else self.float_program()
 
     def reference_program(self):
-        """The torch reference, called like `program()`: the float program, or for INT8 the QAT
+        """The torch reference, called like `program()`: the float module as given, or for INT8 the QAT
         result's fake-quant module (a PT2E graph takes the context positionally, an eager module
         as keywords)."""
         if self.precision != "int8":
-            return self.float_program()
+            return with_context_inputs(self.module) if self.context_layout else self.module
         import torch
 
         prepared = self.quant.prepared

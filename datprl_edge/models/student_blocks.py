@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from datprl_edge.core.errors import ConfigError
-from datprl_edge.models.bounds import set_act_bounds
+from datprl_edge.models.bounds import current_bounds, set_act_bounds
 
 
 class FiLMTerms(NamedTuple):
@@ -135,16 +135,23 @@ def _halve(conv: nn.Conv2d) -> Halves:
 
 def split_gates(model) -> int:
     """Cut every EdgeBlock's gated convs (conv1 + depthwise conv2, conv4) into the two halves that
-    SimpleGate multiplies, in place; returns how many blocks changed. Exact: the block then has no
-    channel split, which INT8 runtimes run in float between a dequantize and a quantize."""
-    set_act_bounds(model, None)  # the halves are new convs (QAT strips the bounds anyway)
-    changed = 0
-    for block in model.modules():
+    SimpleGate multiplies, in place; returns how many blocks changed. Exact, activation bounds
+    included (each half keeps its conv's clamp): the block then has no channel split, which INT8
+    runtimes run in float between a dequantize and a quantize, and OpenVINO's CPU plugin runs as a
+    reference (unoptimised) Split node even in FP32."""
+    bounds = current_bounds(model) or {}
+    set_act_bounds(model, None)  # the halves are new convs; their bounds are set below
+    split = set()
+    for path, block in model.named_modules():
         if isinstance(block, EdgeBlock) and not isinstance(block.conv1, Halves):
             block.conv1, block.conv2, block.conv4 = (_halve(block.conv1), _halve(block.conv2),
                                                      _halve(block.conv4))
-            changed += 1
-    return changed
+            split |= {f"{path}.{name}" if path else name for name in ("conv1", "conv2", "conv4")}
+    kept = {}
+    for name, bound in bounds.items():
+        kept.update({f"{name}.a": bound, f"{name}.b": bound} if name in split else {name: bound})
+    set_act_bounds(model, kept or None)
+    return len(split) // 3
 
 
 def fold_layer_scales(model) -> int:
@@ -165,6 +172,18 @@ def fold_layer_scales(model) -> int:
                 setattr(block, scale_name, None)
             changed += 1
     return changed
+
+
+def split_copy(model):
+    """An eval-mode copy with each SimpleGate's conv cut in halves (`split_gates`: exact, bounds kept),
+    what float artifacts are exported from; the model itself when it has no gated block to cut."""
+    import copy
+
+    if not any(isinstance(m, EdgeBlock) and not isinstance(m.conv1, Halves) for m in model.modules()):
+        return model
+    model = copy.deepcopy(model).eval()
+    split_gates(model)
+    return model
 
 
 def rewritten_copy(model):

@@ -30,6 +30,21 @@ def test_static_reshape_fuses_and_matches_the_dynamic_graph(ir):
     assert "ShapeOf" in plain and "ShapeOf" not in fused  # no size arithmetic at run time
 
 
+
+def test_no_feature_map_is_split(ir):
+    """The gated convs are exported in halves (split_copy): no channel Split of a feature map, which the
+    CPU plugin runs as a reference kernel; only the prompt path splits (B, K) vectors."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(ir))
+    model.reshape({model.inputs[0]: [1, 3, 64, 64]})
+    runtime = core.compile_model(model, "CPU").get_runtime_model()
+    splits = [op for op in runtime.get_ops() if op.get_rt_info()["layerType"].astype(str) == "Split"]
+    assert splits  # the prompt path's
+    assert all(len(op.get_output_partial_shape(0)) == 2 for op in splits)
+
+
 def test_compiled_sizes_are_cached_and_bounded(ir):
     session = OpenVINOSession(ir, threads=1)
     rng = np.random.default_rng(1)
