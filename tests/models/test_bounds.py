@@ -99,3 +99,23 @@ def test_folds_keep_the_bounds_and_exported_graphs_clamp(tmp_path, untrained_edg
     folded = fold_static(model, FoldConfig(task=task, images=1, crop=32, latency_iters=0)).models[task]
     kept = {n: m.bound for n, m in bounded_layers(folded).items() if isinstance(m, BoundedConv2d)}
     assert kept and all(bounds[n] == b for n, b in kept.items())
+
+
+def test_split_copy_keeps_the_bounds_exactly(untrained_edge_xs):
+    """Float exports are made from the student with its gated convs cut in halves (split_copy): each
+    half keeps its conv's clamp, so the copy equals the model where the bounds bind too."""
+    from datprl_edge.models.bounds import current_bounds
+    from datprl_edge.models.student_blocks import split_copy
+
+    model = copy.deepcopy(untrained_edge_xs)
+    bounds = measure_act_bounds(model, [torch.rand(1, 3, 32, 32)])
+    set_act_bounds(model, {k: v / 4 for k, v in bounds.items()})  # bind on in-range images
+    cut = split_copy(model)
+    kept = current_bounds(cut)
+    assert kept["encoders.0.0.conv1.a"] == kept["encoders.0.0.conv1.b"] == bounds["encoders.0.0.conv1"] / 4
+    assert "encoders.0.0.conv1" not in kept and len(kept) > len(bounds)
+    assert current_bounds(model) == {k: v / 4 for k, v in bounds.items()}  # the model itself is untouched
+    x = torch.rand(2, 3, 32, 32) * 3 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(cut(x), model(x), rtol=1e-5, atol=1e-5)
+    assert split_copy(cut) is cut  # nothing left to cut
