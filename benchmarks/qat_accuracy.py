@@ -77,10 +77,9 @@ def main(argv=None) -> int:
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="merge per-target result files into --output")
     ap.add_argument("-o", "--output", default=str(OUT))
     args = ap.parse_args(argv)
-    names = {"ptq", "qat"} | ({"qat_mixed"} if args.max_drop is not None else set()) \
-        | ({"ptq_float_layers", "qat_float_layers"} if args.float_layers else set())
+    names = [name for name, *_ in variant_plan(args)]
     if args.ship_variant is not None and args.ship_variant not in names:
-        ap.error(f"--ship-variant must be one of {', '.join(sorted(names))} with these options")
+        ap.error(f"--ship-variant must be one of {', '.join(names)} with these options")
     if args.merge:
         return merge(args.merge, args.output)
 
@@ -122,11 +121,7 @@ def main(argv=None) -> int:
     }
     for target in [t.strip() for t in args.targets.split(",") if t.strip()]:
         row = {}
-        variants = [("ptq", 0, None), ("qat", args.steps, None)]
-        if args.max_drop is not None:
-            variants.append(("qat_mixed", args.steps, args.max_drop))
-        if args.float_layers:
-            variants += [("ptq_float_layers", 0, None), ("qat_float_layers", args.steps, None)]
+        variants = variant_plan(args)
         results = {}
         for name, steps, max_drop in variants:
             extra = {} if args.gt_weight is None else {"gt_weight": args.gt_weight}
@@ -177,6 +172,16 @@ def main(argv=None) -> int:
         write_text_atomic(args.output, json.dumps(report, indent=2) + "\n")
     print(table(report))
     return 0
+
+
+def variant_plan(args) -> list[tuple]:
+    """(name, QAT steps, max_drop) of each variant a target runs with these options."""
+    variants = [("ptq", 0, None), ("qat", args.steps, None)]
+    if args.max_drop is not None:
+        variants.append(("qat_mixed", args.steps, args.max_drop))
+    if args.float_layers:
+        variants += [("ptq_float_layers", 0, None), ("qat_float_layers", args.steps, None)]
+    return variants
 
 
 def update_manifest(path: Path, variant: str, drop: dict, name: str = "edge-xs") -> None:

@@ -127,9 +127,12 @@ class ExportJob:
 
         key = ("float_program", id(self.module))
         if key not in self.cache:
-            module = split_copy(self.module)
-            self.cache[key] = with_context_inputs(module) if self.context_layout else module
+            self.cache[key] = self._positional(split_copy(self.module))
         return self.cache[key]
+
+    def _positional(self, module):
+        """`module` called like `example_inputs()`: as it is, or through `with_context_inputs`."""
+        return with_context_inputs(module) if self.context_layout else module
 
     def quant_program(self):
         """The QAT result's converted program; with a context it takes (image, context, context_mix)."""
@@ -148,7 +151,7 @@ class ExportJob:
         result's fake-quant module (a PT2E graph takes the context positionally, an eager module
         as keywords)."""
         if self.precision != "int8":
-            return with_context_inputs(self.module) if self.context_layout else self.module
+            return self._positional(self.module)
         import torch
 
         prepared = self.quant.prepared

@@ -67,8 +67,10 @@ def float_blocks(model, float_layers) -> tuple:
     chosen, layers = set(float_layers), quantizable_layers(model)
     out = []
     for name, mod in model.named_modules():
+        if not isinstance(mod, EdgeBlock):
+            continue
         inside = [n for n in layers if n.startswith(name + ".")]
-        if isinstance(mod, EdgeBlock) and inside and all(n in chosen for n in inside):
+        if inside and all(n in chosen for n in inside):
             out.append(name)
     return tuple(out)
 
