@@ -104,7 +104,7 @@ def build_student(out: Path, log=print, name: str = "edge-xs", targets=("onnx", 
                 qat, _ = quantized(model, target, name)
                 export_model(qat, ExportConfig(targets=(target,), precision="int8", **small), out)
         sources_file.write_text(json.dumps(wanted, indent=2) + "\n")
-    return {"paths": {k: str(v) for k, v in paths.items()}, "sources": wanted}
+    return {"name": name, "paths": {k: str(v) for k, v in paths.items()}, "sources": wanted}
 
 
 def build_full_model(out: Path, size: int = 256, log=print) -> dict:

@@ -6,6 +6,7 @@ gains over the input, harm counts and the targets of issue 13.
         [--variant NAME=CKPT ...] [--tasks 9task] [--count 16] [--size 256] [--medical-size 384]
         [--bm3d-images N] [--threads 1] [-o benchmarks/results/quality.json]
     python benchmarks/quality.py --add-to benchmarks/results/quality.json --variant NAME=CKPT ...
+    python benchmarks/quality.py --targets-only benchmarks/results/quality.json   # recompute the targets
 
 Data: `data.pairs.fixed_pairs` on the bundled 'val' images (held-out sources, never trained on):
 `--size` crops; the stochastic medical tasks (CT, PET) at `--medical-size` (the full 384 px slice);
@@ -14,6 +15,9 @@ images (another seed) degraded by `Task.shifted_task()`: a severity outside `Tas
 and, where given, another degradation model. The best classical method per task is chosen on the
 *train* split (`baselines.select_best`), never on these images. Metrics: `core.metrics`
 (`image_metrics`, means by `mean_psnr`: its one convention), the same as `datprl-edge eval`.
+A variant named `*-int8` is an INT8 version of --student: its drop against the student per task
+(mean over the same images, with the paired standard error of that mean) is the issue-16 target
+"no INT8 model loses more than 0.1 dB on any task".
 Writes the JSON atomically and prints a table.
 """
 
@@ -31,6 +35,7 @@ DEFAULT_OUT = ROOT / "benchmarks" / "results" / "quality.json"
 SCHEMA = "datprl-edge-quality/1"
 SR_TASKS = ("natural/sr_x4", "remote/sr_x4")
 MEAN_GAIN_DB, SR_GAIN_DB, CT_GAIN_DB, TEACHER_GAP_DB, KD_GAIN_DB = 1.5, 0.8, 2.0, 0.5, 0.2
+INT8_DROP_DB, INT8_SUFFIX = 0.1, "-int8"
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
 
 
@@ -53,10 +58,13 @@ def parse_args(argv=None):
     p.add_argument("--add-to", metavar="JSON", default=None,
                    help="score only the --variant models on the sets of an earlier report (same settings) "
                         "and add their rows to it; the input rows are re-made and must match")
+    p.add_argument("--targets-only", metavar="JSON", default=None,
+                   help="score nothing: recompute the targets of an earlier report "
+                        "(written to -o, default the same file)")
     p.add_argument("-o", "--out", default=None,
-                   help=f"default {DEFAULT_OUT.relative_to(ROOT)} (or --add-to's)")
+                   help=f"default {DEFAULT_OUT.relative_to(ROOT)} (or --add-to's / --targets-only's)")
     args = p.parse_args(argv)
-    args.out = args.out or args.add_to or str(DEFAULT_OUT)
+    args.out = args.out or args.add_to or args.targets_only or str(DEFAULT_OUT)
     return args
 
 
@@ -208,6 +216,37 @@ def targets(per_task: dict, has_nokd: bool) -> dict:
     if has_nokd:
         kd = float(np.mean([s[t]["psnr"] - v["models"]["variant:nokd"]["psnr"] for t, v in per_task.items()]))
         out["ge_0.2_db_over_nokd"] = {"met": kd >= KD_GAIN_DB, "student_minus_nokd_db": _r(kd)}
+    drops = int8_drops(per_task)
+    if drops:
+        over = sorted(lab for lab, d in drops.items() if d["worst_drop_db"] > INT8_DROP_DB)
+        out[f"int8_within_{INT8_DROP_DB}_db"] = {"met": not over, "over": over, "variants": drops}
+    return out
+
+
+def int8_drops(per_task: dict) -> dict:
+    """For each `*-int8` variant present on every task: the student's mean PSNR minus the variant's per
+    task, the paired standard error of that difference (per-image differences, same images), and the
+    worst task."""
+    import numpy as np
+
+    from datprl_edge.core.metrics import PSNR_CAP_DB, mean_psnr
+
+    labels = [lab for lab in next(iter(per_task.values()))["models"]
+              if lab.startswith("variant:") and lab.endswith(INT8_SUFFIX)
+              and all(lab in v["models"] for v in per_task.values())]
+    out = {}
+    for lab in labels:
+        tasks = {}
+        for t, v in per_task.items():
+            ref, got = v["models"]["student"]["per_image_psnr"], v["models"][lab]["per_image_psnr"]
+            d = np.minimum(ref, PSNR_CAP_DB) - np.minimum(got, PSNR_CAP_DB)
+            se = float(np.std(d, ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
+            tasks[t] = {"drop_db": _r(mean_psnr(ref) - mean_psnr(got)), "se_db": _r(se),
+                        "worst_image_drop_db": _r(np.max(d), 3)}
+        worst = max(tasks, key=lambda t: tasks[t]["drop_db"])
+        out[lab] = {"spec": next(iter(per_task.values()))["models"][lab]["spec"], "tasks": tasks,
+                    "worst_task": worst, "worst_drop_db": tasks[worst]["drop_db"],
+                    "worst_se_db": tasks[worst]["se_db"]}
     return out
 
 
@@ -225,13 +264,17 @@ def summary_lines(report: dict) -> list:
                      f"h{v['models'][lab]['harm']:>2})" for lab in labels]
             lines.append(f"{t:<22} {v['input']['psnr']:6.2f} {bc:>20} " + " ".join(f"{c:>18}" for c in cells))
         for name, tgt in report["targets"][set_name].items():
-            lines.append(f"  target {name}: {'met' if tgt['met'] else 'MISSED'} "
-                         + str({k: x for k, x in tgt.items() if k != 'met'}))
+            detail = {k: x for k, x in tgt.items() if k not in ("met", "variants")}
+            detail.update({lab: f"{d['worst_drop_db']:+.3f} +- {d['worst_se_db']:.3f} dB ({d['worst_task']})"
+                           for lab, d in tgt.get("variants", {}).items()})
+            lines.append(f"  target {name}: {'met' if tgt['met'] else 'MISSED'} {detail}")
     return lines
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.targets_only:
+        return retarget(args)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(args.threads))
     sys.path.insert(0, str(ROOT))
@@ -265,7 +308,6 @@ def main(argv=None) -> int:
             shifted = name == "shifted"
             sets[name] = {t.id: evaluate_task(t, args, models, selection[t.id]["best"], bar, shifted)
                           for t in tasks}
-    has_nokd = "variant:nokd" in models
     report = {
         "schema": SCHEMA, "command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "wall_seconds": None, "environment": env,
@@ -282,9 +324,8 @@ def main(argv=None) -> int:
                     "`datprl-edge eval` uses)", "harm": "images whose PSNR is below the degraded input's",
                     "gain_db": "mean PSNR minus the input's mean PSNR, same images"},
         "selection": selection, "sets": sets,
-        "targets": {name: targets(per_task, has_nokd) for name, per_task in sets.items()},
     }
-    report["targets_all_met"] = all(t["met"] for tg in report["targets"].values() for t in tg.values())
+    set_targets(report)
     report["environment"]["load_average_end"] = env_load()
     report["wall_seconds"] = _r(time.perf_counter() - t_start, 1)
     import json
@@ -292,6 +333,39 @@ def main(argv=None) -> int:
     write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
     print("\n".join(summary_lines(report)))
     print(f"wrote {args.out} ({report['wall_seconds']} s)")
+    return 0
+
+
+def read_report(path: str) -> dict:
+    import json
+
+    from datprl_edge.core.errors import ConfigError
+
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read the report {path}: {err}") from None
+    if report.get("schema") != SCHEMA:
+        raise ConfigError(f"{path} is not a {SCHEMA} report")
+    return report
+
+
+def set_targets(report: dict) -> None:
+    has_nokd = all("variant:nokd" in v["models"] for per in report["sets"].values() for v in per.values())
+    report["targets"] = {name: targets(per_task, has_nokd) for name, per_task in report["sets"].items()}
+    report["targets_all_met"] = all(t["met"] for tg in report["targets"].values() for t in tg.values())
+
+
+def retarget(args) -> int:
+    import json
+
+    from datprl_edge.io.atomic import write_text_atomic
+
+    report = read_report(args.targets_only)
+    set_targets(report)
+    write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
+    print("\n".join(summary_lines(report)))
+    print(f"wrote {args.out} (targets recomputed)")
     return 0
 
 
@@ -305,20 +379,13 @@ def extend_report(args, command: str, t_start: float) -> int:
 
     if not args.variant:
         raise ConfigError("--add-to adds --variant NAME=CKPT rows; give at least one")
-    try:
-        report = json.loads(Path(args.add_to).read_text())
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot read the report {args.add_to}: {err}") from None
-    if report.get("schema") != SCHEMA:
-        raise ConfigError(f"{args.add_to} is not a {SCHEMA} report")
+    report = read_report(args.add_to)
     models = load_models(args, variants_only=True)
     st = report["settings"]
     total = len(report["sets"]) * len(st["tasks"]) * st["count"] * len(models)
     with tqdm(total=total, desc="quality (added rows)", unit="img") as bar:
         add_variants(report, args, models, bar)
-    has_nokd = all("variant:nokd" in v["models"] for per in report["sets"].values() for v in per.values())
-    report["targets"] = {name: targets(per_task, has_nokd) for name, per_task in report["sets"].items()}
-    report["targets_all_met"] = all(t["met"] for tg in report["targets"].values() for t in tg.values())
+    set_targets(report)
     report.setdefault("added", []).append({
         "command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "wall_seconds": _r(time.perf_counter() - t_start, 1), "models": sorted(models),

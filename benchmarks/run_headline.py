@@ -2,6 +2,7 @@
 
     python benchmarks/run_headline.py [--suite NAME ...] [--artifacts DIR] [--out DIR] [--wait-quiet S]
     python benchmarks/run_headline.py --limits-only   # recompute the `limits` texts of existing results
+                                                      # (and int8_vs_fp32's accuracy block, for --student)
 
 Suites (targets are figures to report, never test assertions):
   speedup_256   student INT8 (OpenVINO) vs the released 6T full model in OpenVINO FP32, 256x256,
@@ -147,7 +148,7 @@ def suite_int8(arts, threads) -> dict:
                            1.8, "x", True),
                     target("INT8 vs FP32, same student, onnxruntime, 256x256 (mean latency)", ratios["onnx"],
                            1.3, "x", True)],
-        "accuracy": onnx_int8_accuracy(),
+        "accuracy": int8_accuracy(arts["student"]["name"]),
         "bench": reports,
         "profile_paths": [p["openvino_int8"], p["openvino_fp32"]],
         # the why of onnxruntime's ratio: which convolutions run in integer kernels, which ops stay float
@@ -156,18 +157,27 @@ def suite_int8(arts, threads) -> dict:
     }
 
 
-def onnx_int8_accuracy() -> dict:
-    """Worst-task PSNR drop of the shipped ONNX INT8 weights against FP32 (qat_accuracy.json)."""
-    path = HERE / "results" / "qat_accuracy.json"
+def int8_accuracy(student: str) -> dict:
+    """Worst-task PSNR drop against FP32 of the student's shipped INT8 weights per runtime, from its
+    benchmarks/qat_accuracy.py results (qat_accuracy.json for edge-xs, qat_accuracy_NAME.json else)."""
+    name = "qat_accuracy.json" if student == "edge-xs" else f"qat_accuracy_{student}.json"
+    path = HERE / "results" / name
     if not path.is_file():
-        return {"note": "benchmarks/results/qat_accuracy.json missing: run benchmarks/qat_accuracy.py"}
-    row = json.loads(path.read_text(encoding="utf-8"))["targets"].get("onnx", {})
-    variant = row.get("shipped_variant")
-    drop = (row.get(variant) or {}).get("drop_db", {}) if variant else {}
-    return {"source": "benchmarks/results/qat_accuracy.json", "variant": variant,
-            "scheme_version": (row.get("scheme") or {}).get("version"),
-            "worst_task_drop_db": drop.get("worst"), "mean_drop_db": drop.get("mean"),
-            "within_0.1db_every_task": drop.get("worst") is not None and drop["worst"] <= 0.1}
+        return {"note": f"benchmarks/results/{name} missing: run benchmarks/qat_accuracy.py "
+                        f"--student {student}"}
+    rows = json.loads(path.read_text(encoding="utf-8"))["targets"]
+    out = {"source": f"benchmarks/results/{name}"}
+    for runtime in ("onnx", "openvino"):
+        row = rows.get(runtime) or {}
+        variant = row.get("shipped_variant")
+        if not variant:
+            out[runtime] = {"note": f"no shipped {runtime} INT8 weights in {name}: the artifact is PTQ"}
+            continue
+        drop = (row.get(variant) or {}).get("drop_db", {})
+        out[runtime] = {"variant": variant, "scheme_version": (row.get("scheme") or {}).get("version"),
+                        "worst_task_drop_db": drop.get("worst"), "mean_drop_db": drop.get("mean"),
+                        "within_0.1db_every_task": drop.get("worst") is not None and drop["worst"] <= 0.1}
+    return out
 
 
 def suite_ct(arts, threads) -> dict:
@@ -359,13 +369,16 @@ def main(argv=None) -> int:
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                     help="wait up to S seconds for the 1-minute load to drop below half the cores")
     ap.add_argument("--limits-only", action="store_true",
-                    help="measure nothing: recompute the `limits` texts of the results already in --out")
+                    help="measure nothing: recompute the `limits` texts (and the INT8 accuracy block of "
+                         "--student) of the results already in --out")
     args = ap.parse_args(argv)
     if args.limits_only:
         for name in args.suite or SUITES:
             path = Path(args.out) / f"{name}.json"
             if path.is_file():
                 doc = add_limits(json.loads(path.read_text(encoding="utf-8")), Path(args.out))
+                if "accuracy" in doc:
+                    doc["accuracy"] = int8_accuracy(args.student)
                 write_text_atomic(path, json.dumps(doc, indent=2) + "\n")
                 print(f"{path}: " + " | ".join(t.get("limits", "met") for t in doc["targets"]), flush=True)
         return 0

@@ -52,6 +52,13 @@ def host_label(env: dict) -> str:
     return " | ".join(part for part in (cpu, isa, system, runtimes) if part)
 
 
+def int8_pairs_saturate(flags) -> bool:
+    """True on an x86 CPU whose u8 x s8 kernels add product pairs in saturating int16 (AVX2 without
+    VNNI): there an int8 weight above 64 in magnitude can clip a sum (255 * 2 * 64 = 32640 fits)."""
+    flags = set(flags or ())
+    return "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
 def isa_summary(flags) -> str:
     """How an x86 CPU runs uint8 x int8 dot products, the kernels INT8 artifacts use."""
     flags = set(flags or ())

@@ -57,11 +57,19 @@ FLOAT_OPS = ("add", "__add__", "mul", "__mul__", "pixel_shuffle", "mean")
 # (benchmarks/results/qat_openvino_scheme3.json: worst PTQ drop 0.59 -> 0.05 dB edge-xs, 0.41 -> 0.05
 # edge-lat against scheme 2).
 IMAGE_LAYERS = ("intro", "ending")
+# NNCF's overflow fix on every dense conv weight (7-bit range: |w| <= 64 stored as int8): without VNNI
+# (AVX2, AVX-512 without VNNI) the CPU plugin's u8 x s8 kernels add pairs of products in saturating
+# int16 (VPMADDUBSW), and 255 * 127 * 2 does not fit where 255 * 64 * 2 does, so every x86 CPU
+# computes the same integer sums. With NNCF's default (the first quantized conv only) edge-lat's
+# INT8 artifact matched its fake-quant model to 44 dB on an AVX2-only EPYC, and lost 0.31 dB there
+# on cloud removal against its FP32 artifact (0.015 dB on an AVX-512 VNNI one):
+# benchmarks/results/avx2/frontier_scheme3.json, openvino_overflow.json.
+OVERFLOW_FIX = "enable"
 POOLED_LAYERS = True
 # Bumped whenever the prepared module changes: a QAT checkpoint only loads into the module it was made
 # with. 2: float adds and products, gates split and layer scales folded before NNCF. 3: float pixel
-# shuffles, means, image and channel-attention convs.
-SCHEME_VERSION = 3
+# shuffles, means, image and channel-attention convs. 4: 7-bit weights (OVERFLOW_FIX).
+SCHEME_VERSION = 4
 STACK = "NNCF QAT (nncf.quantize on the torch module, then fine-tuning)"
 # what `layer_fake_quants` switches off for the sensitivity ranking
 SWITCHED = "one layer's weight and own input quantizers off (NNCF's ignored scope minus shared inputs)"
@@ -72,7 +80,9 @@ SCHEME = {
     "quantizer": ("nncf.quantize(preset=PERFORMANCE, target_device=CPU) with adds, products, pixel "
                   "shuffles and means as ignored types and the image and channel-attention convs as ignored "
                   "layers, on the student rewritten exactly (fold_layer_scales, split_gates)"),
-    "weights": "int8 symmetric per output channel (NNCF), scales trained in QAT",
+    "weights": ("int8 symmetric per output channel (NNCF), scales trained in QAT; 7-bit range on every "
+                f"dense conv (overflow_fix={OVERFLOW_FIX!r}: no int16 saturation on CPUs without VNNI; "
+                "depthwise convs keep 8 bits, their kernels widen before adding)"),
     "activations": ("8-bit symmetric per tensor on conv inputs (signed or unsigned from the data), "
                     "trainable scales; adds and products (residual stream, gates), pixel shuffles and "
                     "means float"),
@@ -148,11 +158,18 @@ def prepare(model, example_inputs, float_layers=(), calib=None):
         names += nncf_node_names(model, example, traced_prompt_layers(model, example, ops), ops)
     ignored = nncf.IgnoredScope(names=names, types=list(FLOAT_OPS), validate=False)
     with torch.no_grad():
-        q = nncf.quantize(model, nncf.Dataset(data), subset_size=len(data),
-                          preset=nncf.QuantizationPreset.PERFORMANCE, target_device=nncf.TargetDevice.CPU,
-                          ignored_scope=ignored)
+        q = nncf.quantize(model, nncf.Dataset(data), subset_size=len(data), ignored_scope=ignored,
+                          **nncf_settings())
     q.datprl_weight_ops = ops  # for layer_fake_quants (sensitivity ranking on this scheme itself)
     return mark(q.eval(), example_inputs)
+
+
+def nncf_settings() -> dict:
+    """The scheme's `nncf.quantize` keywords besides the data and the ignored scope."""
+    nncf = _nncf()
+    return {"preset": nncf.QuantizationPreset.PERFORMANCE, "target_device": nncf.TargetDevice.CPU,
+            "advanced_parameters": nncf.AdvancedQuantizationParameters(
+                overflow_fix=nncf.OverflowFix(OVERFLOW_FIX))}
 
 
 def weight_ops(model, example) -> dict:

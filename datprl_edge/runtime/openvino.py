@@ -7,6 +7,7 @@ under the key "datprl_edge".
 from __future__ import annotations
 
 import collections
+import sys
 from pathlib import Path
 
 from datprl_edge.core.artifacts import (
@@ -19,9 +20,12 @@ from datprl_edge.core.artifacts import (
     require,
 )
 from datprl_edge.core.errors import ArtifactError, ConfigError, InputNotFoundError
+from datprl_edge.core.host import cpu_info, int8_pairs_saturate
 from datprl_edge.runtime.session import ArtifactSession, env_threads
 
 RT_INFO_KEY = "datprl_edge"
+# Largest int8 weight magnitude whose product pairs fit int16 on CPUs without VNNI (core.host)
+SAFE_INT8_WEIGHT = 64
 
 
 class OpenVINOSession(ArtifactSession):
@@ -56,6 +60,10 @@ class OpenVINOSession(ArtifactSession):
             first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             raise ArtifactError(f"OpenVINO cannot read {self.path.name}: {first}") from None
         self.metadata = rt_metadata(model)
+        if self.metadata.get("precision") == "int8" and device == "CPU":
+            note = saturation_warning(self.path.name, int8_weight_peak(model), cpu_info()["flags"])
+            if note:
+                print(f"datprl-edge: warning: {note}", file=sys.stderr)
         inputs, outputs = _port_names(model.inputs), _port_names(model.outputs)
         self._check_io(inputs, outputs)
         self._input = INPUT_NAME if INPUT_NAME in inputs else 0
@@ -195,6 +203,38 @@ def _safe(fn):
         return None
 
 
+def int8_weight_peak(model) -> int | None:
+    """Largest magnitude among the IR's int8 weights of dense convolutions and matmuls (their u8 x s8
+    kernels add product pairs; depthwise kernels widen first); None without any."""
+    import numpy as np
+
+    peaks = [int(np.abs(op.get_data().astype(np.int16)).max()) for op in model.get_ops()
+             if op.get_type_name() == "Constant" and op.get_output_element_type(0).get_type_name() == "i8"
+             and op.get_byte_size() and _consumer_kind(op) in ("Convolution", "MatMul")]
+    return max(peaks) if peaks else None
+
+
+def _consumer_kind(op, depth: int = 5) -> str | None:
+    """The first compute op a constant feeds through its dequantization (Convert, Subtract, Multiply,
+    Reshape), or None."""
+    frontier = [op]
+    for _ in range(depth):
+        frontier = [t.get_node() for n in frontier for out in n.outputs() for t in out.get_target_inputs()]
+        for node in frontier:
+            if node.get_type_name() in ("Convolution", "GroupConvolution", "MatMul"):
+                return node.get_type_name()
+    return None
+
+
+def saturation_warning(name: str, peak: int | None, flags) -> str | None:
+    """The warning for an INT8 IR whose weights can clip int16 pair sums on this CPU, or None."""
+    if peak is None or peak <= SAFE_INT8_WEIGHT or not int8_pairs_saturate(flags):
+        return None
+    return (f"{name} has int8 weights up to {peak}; this CPU has no VNNI, so its int8 kernels can clip "
+            f"sums (int16 pairs) and the output may differ from what was verified; re-export it with "
+            f"7-bit weights (this toolkit's OpenVINO scheme 4 does)")
+
+
 def inspect_openvino(path) -> dict:
     """Structure of an IR: inputs/outputs, op histogram, constant bytes per element type."""
     ov = require("openvino", purpose="inspecting OpenVINO IR")
@@ -212,6 +252,7 @@ def inspect_openvino(path) -> dict:
         "outputs": {next(iter(o.get_names()), "?"): str(o.get_partial_shape()) for o in model.outputs},
         "ops": dict(sorted(ops.items())),
         "weight_bytes": dict(sorted(const_bytes.items())),
+        "int8_weight_peak": int8_weight_peak(model),
         "size_bytes": artifact_size(path),
         "metadata": rt_metadata(model),
     }
