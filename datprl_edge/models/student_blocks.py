@@ -143,7 +143,7 @@ def split_gates(model) -> int:
     set_act_bounds(model, None)  # the halves are new convs; their bounds are set below
     split = set()
     for path, block in model.named_modules():
-        if isinstance(block, EdgeBlock) and not isinstance(block.conv1, Halves):
+        if _gated_unsplit(block):
             block.conv1, block.conv2, block.conv4 = (_halve(block.conv1), _halve(block.conv2),
                                                      _halve(block.conv4))
             split |= {f"{path}.{name}" if path else name for name in ("conv1", "conv2", "conv4")}
@@ -174,12 +174,16 @@ def fold_layer_scales(model) -> int:
     return changed
 
 
+def _gated_unsplit(module) -> bool:
+    return isinstance(module, EdgeBlock) and not isinstance(module.conv1, Halves)
+
+
 def split_copy(model):
     """An eval-mode copy with each SimpleGate's conv cut in halves (`split_gates`: exact, bounds kept),
     what float artifacts are exported from; the model itself when it has no gated block to cut."""
     import copy
 
-    if not any(isinstance(m, EdgeBlock) and not isinstance(m.conv1, Halves) for m in model.modules()):
+    if not any(_gated_unsplit(m) for m in model.modules()):
         return model
     model = copy.deepcopy(model).eval()
     split_gates(model)

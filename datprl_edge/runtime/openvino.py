@@ -60,8 +60,9 @@ class OpenVINOSession(ArtifactSession):
             first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             raise ArtifactError(f"OpenVINO cannot read {self.path.name}: {first}") from None
         self.metadata = rt_metadata(model)
-        if self.metadata.get("precision") == "int8" and device == "CPU":
-            note = saturation_warning(self.path.name, int8_weight_peak(model), cpu_info()["flags"])
+        flags = cpu_info()["flags"] if self.metadata.get("precision") == "int8" and device == "CPU" else ()
+        if int8_pairs_saturate(flags):  # the weight scan only where it matters
+            note = saturation_warning(self.path.name, int8_weight_peak(model), flags)
             if note:
                 print(f"datprl-edge: warning: {note}", file=sys.stderr)
         inputs, outputs = _port_names(model.inputs), _port_names(model.outputs)

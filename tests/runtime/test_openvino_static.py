@@ -30,7 +30,6 @@ def test_static_reshape_fuses_and_matches_the_dynamic_graph(ir):
     assert "ShapeOf" in plain and "ShapeOf" not in fused  # no size arithmetic at run time
 
 
-
 def test_no_feature_map_is_split(ir):
     """The gated convs are exported in halves (split_copy): no channel Split of a feature map, which the
     CPU plugin runs as a reference kernel; only the prompt path splits (B, K) vectors."""
