@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from datprl_edge.bench.worker import PARENT_ENV
 from datprl_edge.core import errors
 from datprl_edge.core.errors import (
     ArtifactError,
@@ -27,6 +28,7 @@ from datprl_edge.core.errors import (
     PlatformError,
 )
 from datprl_edge.core.host import default_threads, environment, load_average
+from datprl_edge.core.interrupt import sigterm_unwinds
 from datprl_edge.core.shapes import parse_hw
 from datprl_edge.core.targets import BENCH_COMPUTE_UNITS, COMPUTE_UNITS, TargetSpec, stage_module
 
@@ -193,7 +195,8 @@ def failures(report: dict) -> list[dict]:
 
 def run_worker(spec: dict, timeout_s: float | None = None) -> dict:
     """Run one measurement in a fresh interpreter; re-raise its error in this process."""
-    with tempfile.TemporaryDirectory(prefix="datprl-bench-") as tmp:
+    # Also when the caller is a script rather than the CLI: SIGTERM removes the folder and the worker.
+    with sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="datprl-bench-") as tmp:
         spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
         load_before = load_average()
@@ -222,6 +225,7 @@ def _worker_env() -> dict:
     # The worker must import this very package, also when it is run from a source tree.
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env[PARENT_ENV] = str(os.getpid())
     return env
 
 

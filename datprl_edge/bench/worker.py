@@ -8,6 +8,7 @@ numpy + the artifact's runtime only: no torch.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -17,6 +18,7 @@ import numpy as np
 
 from datprl_edge.core.errors import ConfigError, DatprlEdgeError
 
+PARENT_ENV = "DATPRL_EDGE_BENCH_PARENT"
 AUTO_TILE_SIDE = 2048  # longer sides than this are tiled when --tile is auto
 
 
@@ -162,11 +164,29 @@ def _r(v) -> float:
     return round(float(v), 4)
 
 
+def die_with_parent(parent_pid: int | None) -> None:
+    """Linux: have the kernel kill this worker when the process that started it ends, even by
+    SIGKILL, so that no orphan keeps a core busy; elsewhere a no-op."""
+    if not sys.platform.startswith("linux") or not parent_pid:
+        return
+    import ctypes
+    import os
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent ended before the request took effect
+        os._exit(1)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
         print("usage: python -m datprl_edge.bench.worker SPEC.json RESULT.json", file=sys.stderr)
         return 64
+    die_with_parent(int(os.environ.get(PARENT_ENV, "0") or 0))
     spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     try:
         result = measure(spec)

@@ -15,6 +15,7 @@ import sys
 import warnings
 
 from datprl_edge.core.errors import DatprlEdgeError
+from datprl_edge.core.interrupt import Terminated, sigterm_unwinds
 from datprl_edge.core.version import __version__
 
 # Order is the order of `--help`; each module defines register(subparsers).
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("DATPRL_EDGE_DEBUG") == "1"
     try:
-        with contextlib.nullcontext() if debug else quiet_libraries():
+        with sigterm_unwinds(), contextlib.nullcontext() if debug else quiet_libraries():
             code = args.func(args)
     except DatprlEdgeError as e:
         if debug:
@@ -91,6 +92,9 @@ def main(argv=None) -> int:
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
         print(f"datprl-edge: error: {e.strerror or one_line(e)}{where}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("datprl-edge: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("datprl-edge: interrupted", file=sys.stderr)
         return 130

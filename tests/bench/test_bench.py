@@ -189,3 +189,55 @@ def test_environment_and_summary():
                            "throughput": {"images_per_s": 900.0}, "peak_rss_mb": 80.0, "tiled": None}]}
     lines = summary_lines(report)
     assert len(lines) == 2 and "a.onnx" in lines[1] and "900.00" in lines[1]
+
+
+def _workers_under(folder) -> list[int]:
+    """Live bench workers whose spec lies in `folder`."""
+    from pathlib import Path
+
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            state = next(x for x in (proc / "status").read_text().splitlines() if x.startswith("State:"))
+        except (OSError, StopIteration):
+            continue
+        if b"datprl_edge.bench.worker" in cmd and str(folder).encode() in b" ".join(cmd) and "Z" not in state:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("how,sig", [("cli", "SIGTERM"), ("cli", "SIGKILL"), ("library", "SIGTERM")])
+def test_a_killed_bench_leaves_no_worker_and_no_folder(artifacts, tmp_path, how, sig):
+    import os
+    import signal
+    import time
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    artifact = artifacts[("onnx", True)]
+    cmd = [sys.executable, "-m", "datprl_edge.cli.main", "bench", str(artifact), "--shape", "32x32",
+           "--seconds", "120", "--threads", "1", "--json", str(out)]
+    if how == "library":  # a script of the user's own, no CLI around run_bench
+        cmd = [sys.executable, "-c", "from datprl_edge.bench.driver import BenchConfig, run_bench; "
+               f"run_bench([{str(artifact)!r}], BenchConfig(shapes=((32, 32),), seconds=120.0, threads=1))"]
+    parent = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not _workers_under(scratch):
+        assert parent.poll() is None and time.monotonic() < deadline, parent.communicate()
+        time.sleep(0.2)
+    parent.send_signal(getattr(signal, sig))
+    _, stderr = parent.communicate(timeout=60)
+    deadline = time.monotonic() + 30
+    while _workers_under(scratch) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _workers_under(scratch)
+    assert not out.exists()
+    if sig == "SIGTERM":  # SIGKILL cannot clean up: the next run's temporary folder is another one
+        assert list(scratch.glob("datprl-bench-*")) == []  # (a runtime leaves its own dot file)
+    if how == "cli" and sig == "SIGTERM":
+        assert parent.returncode == 143 and "Traceback" not in stderr
+        assert stderr.strip().splitlines()[-1] == "datprl-edge: terminated"
