@@ -1,5 +1,6 @@
-"""What the two profilers (profile_onnxruntime.py, profile_openvino.py) share: the share-of-time
-table and the command line."""
+"""What the two profilers (profile_onnxruntime.py, profile_openvino.py) share: the command line.
+The profiles themselves are `datprl_edge.runtime.{onnx,openvino}.profile` (also `datprl-edge inspect
+ARTIFACT`)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from datprl_edge.core.host import default_threads  # noqa: E402,F401  (re-exported for the profilers)
 from datprl_edge.core.shapes import parse_hw  # noqa: E402
-
-
-def time_table(counter, runs: int, total: float, top: int) -> list:
-    """The `top` entries of a {name: microseconds summed over `runs`} counter: ms per run and share."""
-    total = total or 1
-    return [{"name": k, "ms": round(v / runs / 1e3, 3), "share": round(v / total, 4)}
-            for k, v in counter.most_common(top)]
 
 
 def main(profile, description: str, argv=None) -> int:

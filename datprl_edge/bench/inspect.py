@@ -1,9 +1,13 @@
-"""What `datprl-edge inspect` reports for a torch model: parameters, counted MACs per stage and
-torch CPU latency per stage (`models.complexity`), for a registry name, checkpoint or bundled:NAME."""
+"""What `datprl-edge inspect` reports: for a torch model (registry name, checkpoint or bundled:NAME)
+parameters, counted MACs per stage and torch CPU latency per stage (`models.complexity`); for an
+exported artifact its structure and metadata and, where the runtime has counters, where its time
+goes (numpy + that runtime only)."""
 
 from __future__ import annotations
 
-from datprl_edge.core.errors import ConfigError
+from pathlib import Path
+
+from datprl_edge.core.errors import ConfigError, InputNotFoundError
 
 MAC_CONVENTION = "conv + linear + matmul multiply-accumulates, counted with torch FlopCounterMode"
 
@@ -54,6 +58,30 @@ def inspect_model(spec: str, network=None, size=(256, 256), latency=True, iters=
             if name not in known and ms > 0:
                 stages.append({"name": name, "params": 0, "macs": 0, "gmacs": 0.0, "share": 0.0,
                                "latency_ms": round(ms, 3), "latency_share": round(ms / total_ms, 4)})
+    return report
+
+
+def inspect_artifact_report(path, size=(256, 256), latency=True, iters=10, threads=None) -> dict:
+    """Everything `inspect ARTIFACT` prints, as a dict: the artifact's structure (inputs, op histogram,
+    weight bytes, metadata; `runtime.sessions.inspect_artifact`) and, with `latency` and a runtime that
+    profiles (the targets table's `profiles`), its per-layer times at `size`."""
+    from datprl_edge.core.targets import stage_module
+    from datprl_edge.runtime.sessions import artifact_spec, inspect_artifact
+
+    if iters < 1:
+        raise ConfigError(f"--iters must be >= 1, got {iters}")
+    spec = artifact_spec(path)
+    if not Path(path).exists():
+        raise InputNotFoundError(f"artifact not found: {path}")
+    report = {"artifact": str(path), "target": spec.name, "title": spec.title,
+              "structure": inspect_artifact(path), "profile": None}
+    if not latency:
+        report["profile_note"] = "not measured (--no-latency)"
+    elif not spec.profiles:
+        report["profile_note"] = (f"{spec.label} has no per-layer counters here; `bench` times the whole "
+                                  "artifact")
+    else:
+        report["profile"] = stage_module(spec, "runtime").profile(path, tuple(size), iters, threads)
     return report
 
 

@@ -53,6 +53,7 @@ class TargetSpec:
     structure_check: bool = False  # the runtime module has check_structure(info, precision, params, shapes)
     compute_units: tuple = ()  # device choice by compute units (Core ML), not by device name
     lists_devices: bool = False  # the runtime module has available_devices() for `--device all`
+    profiles: bool = False  # the runtime module has profile(path, shape, iters, threads): per-layer times
 
     modules: tuple = ()  # (stage, import name) of this target's module in each of STAGES
 
@@ -77,12 +78,12 @@ def _modules(name: str) -> tuple:
 TARGETS: dict[str, TargetSpec] = {spec.name: spec for spec in (
     TargetSpec("onnx", "ONNX (onnxruntime)", "ONNX", ".onnx", "onnxruntime", "onnxruntime", _ONNX_TOOLS,
                "fp32", "OnnxSession", "inspect_onnx", "#1f77b4",
-               fp16_modules=(("onnxruntime", "onnxruntime"),), modules=_modules("onnx")),
+               fp16_modules=(("onnxruntime", "onnxruntime"),), profiles=True, modules=_modules("onnx")),
     # OpenVINO reads the QDQ ONNX of an ONNX (PT2E) QAT result; not the other way round.
     TargetSpec("openvino", "OpenVINO IR", "OpenVINO", ".xml", "openvino", "openvino",
                _ONNX_TOOLS + (("openvino", "openvino"),), "fp32", "OpenVINOSession", "inspect_openvino",
                "#d62728", sidecars=(".bin",), qat_from=("onnx",), shape_list=False, own_int8_pad_traced=True,
-               lists_devices=True, modules=_modules("openvino")),
+               lists_devices=True, profiles=True, modules=_modules("openvino")),
     TargetSpec("coreml", "Core ML mlprogram", "Core ML", ".mlpackage", "coremltools", "coremltools",
                (("coremltools", "coremltools"),), "fp16", "CoreMLSession", "inspect_coreml", "#2ca02c",
                pad_traced=True, needs_macos=True, structure_check=True, compute_units=COMPUTE_UNITS,

@@ -19,8 +19,9 @@ from datprl_edge.core.artifacts import (
     require,
     strip_prefix,
 )
-from datprl_edge.core.errors import ArtifactError, ConfigError, InputNotFoundError
-from datprl_edge.runtime.session import ArtifactSession, env_threads
+from datprl_edge.core.errors import ArtifactError, ConfigError, InputNotFoundError, MissingBackendError
+from datprl_edge.core.host import default_threads
+from datprl_edge.runtime.session import ArtifactSession, env_threads, time_table
 
 
 class OnnxSession(ArtifactSession):
@@ -136,10 +137,68 @@ def runtime_kernels(path, threads: int = 1) -> dict:
             "float_convs": sum(ops[k] for k in FLOAT_CONVS)}
 
 
-def inspect_onnx(path) -> dict:
-    """Structure of an .onnx file: opset, inputs/outputs, op histogram, initializer bytes per dtype."""
-    onnx = require("onnx", purpose="inspecting ONNX files")
+def profile(path, shape=(256, 256), iters: int = 5, threads: int | None = None, top: int = 12) -> dict:
+    """Where the time goes: onnxruntime's profiler over `iters` + 1 runs at `shape` (H, W), summed by
+    op type and by node, and the op types of the optimized graph (whether QuantizeLinear /
+    DequantizeLinear pairs became integer kernels such as QLinearConv). Context inputs get zeros."""
+    import json
+    import tempfile
+
+    import numpy as np
+
+    ort = require("onnxruntime", purpose="profiling ONNX artifacts")
     path = Path(path)
+    if not path.exists():
+        raise InputNotFoundError(f"artifact not found: {path}")
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        options.intra_op_num_threads = threads or default_threads()
+        options.log_severity_level = 3
+        sess = _load(ort, path, options)
+        inputs = sess.get_inputs()
+        channels = inputs[0].shape[1] if isinstance(inputs[0].shape[1], int) else 3
+        feed = {inputs[0].name: np.random.default_rng(0).random((1, channels, *shape), dtype=np.float32)}
+        feed.update({i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32)
+                     for i in inputs[1:]})
+        for _ in range(iters + 1):
+            sess.run(None, feed)
+        with open(sess.end_profiling(), encoding="utf-8") as f:
+            trace = json.load(f)
+        optimized = _op_histogram(options.optimized_model_filepath)
+    by_type, by_node = collections.Counter(), collections.Counter()
+    for event in trace:
+        if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
+            continue
+        by_type[event.get("args", {}).get("op_name", "?")] += event["dur"]
+        by_node[event["name"][: -len("_kernel_time")]] += event["dur"]
+    total, runs = sum(by_type.values()) or 1, iters + 1
+    return {"artifact": path.name, "shape": list(shape), "iterations": runs,
+            "sum_of_nodes_ms": round(total / runs / 1e3, 3),
+            "by_op_type": time_table(by_type, runs, total, top),
+            "slowest_nodes": time_table(by_node, runs, total, top), "optimized_graph_ops": optimized,
+            "threads": options.intra_op_num_threads}
+
+
+def _op_histogram(path) -> dict:
+    try:
+        import onnx
+    except ImportError:  # a device install: onnxruntime without the onnx package
+        return {}
+    model = onnx.load(path, load_external_data=False)
+    return dict(collections.Counter(n.op_type for n in model.graph.node).most_common())
+
+
+def inspect_onnx(path) -> dict:
+    """Structure of an .onnx file: opset, inputs/outputs, op histogram, initializer bytes per dtype.
+    Without the `onnx` package (a device install) onnxruntime gives inputs, outputs and metadata."""
+    path = Path(path)
+    try:
+        onnx = require("onnx", purpose="inspecting ONNX files")
+    except MissingBackendError:
+        return _inspect_with_onnxruntime(path)
     model = onnx.load(str(path))
     try:
         onnx.checker.check_model(model)
@@ -165,6 +224,22 @@ def inspect_onnx(path) -> dict:
         "weight_bytes": dict(sorted(by_type.items())),
         "size_bytes": artifact_size(path),
         "metadata": strip_prefix((p.key, p.value) for p in model.metadata_props),
+    }
+
+
+def _inspect_with_onnxruntime(path: Path) -> dict:
+    ort = require("onnxruntime", purpose="inspecting ONNX files")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    sess = _load(ort, path, options)
+    return {
+        "format": "onnx",
+        "inputs": {i.name: list(i.shape) for i in sess.get_inputs()},
+        "outputs": {o.name: list(o.shape) for o in sess.get_outputs()},
+        "ops": {},
+        "note": "op histogram and weight bytes need the onnx package (pip install onnx)",
+        "size_bytes": artifact_size(path),
+        "metadata": strip_prefix(sess.get_modelmeta().custom_metadata_map.items()),
     }
 
 

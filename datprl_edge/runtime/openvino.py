@@ -20,8 +20,8 @@ from datprl_edge.core.artifacts import (
     require,
 )
 from datprl_edge.core.errors import ArtifactError, ConfigError, InputNotFoundError
-from datprl_edge.core.host import cpu_info, int8_pairs_saturate
-from datprl_edge.runtime.session import ArtifactSession, env_threads
+from datprl_edge.core.host import cpu_info, default_threads, int8_pairs_saturate
+from datprl_edge.runtime.session import ArtifactSession, env_threads, time_table
 
 RT_INFO_KEY = "datprl_edge"
 # Largest int8 weight magnitude whose product pairs fit int16 on CPUs without VNNI (core.host)
@@ -234,6 +234,58 @@ def saturation_warning(name: str, peak: int | None, flags) -> str | None:
     return (f"{name} has int8 weights up to {peak}; this CPU has no VNNI, so its int8 kernels can clip "
             f"sums (int16 pairs) and the output may differ from what was verified; re-export it with "
             f"7-bit weights (this toolkit's OpenVINO scheme 4 does)")
+
+
+def profile(path, shape=(256, 256), iters: int = 5, threads: int | None = None, top: int = 12) -> dict:
+    """Where the time goes: the CPU plugin's per-layer counters over `iters` runs at `shape` (H, W),
+    summed by layer type, by the kernel it picked (e.g. `jit_avx2_I8` vs `brgconv_avx2_f32`) and by
+    layer. Compiled as `bench` compiles it (INFERENCE_PRECISION_HINT f32) plus PERF_COUNT; context
+    inputs get zeros (the model's own behaviour)."""
+    import numpy as np
+
+    ov = require("openvino", purpose="profiling OpenVINO IR")
+    path = Path(path)
+    if not path.exists():
+        raise InputNotFoundError(f"artifact not found: {path}")
+    core = ov.Core()
+    model = core.read_model(str(path))
+    channels = model.inputs[0].get_partial_shape()[1]
+    channels = channels.get_length() if channels.is_static else 3
+    if model.inputs[0].get_partial_shape().is_dynamic:  # sessions compile per input size (static graph)
+        model.reshape({model.inputs[0]: [1, channels, *shape]})
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": True,
+              "INFERENCE_NUM_THREADS": threads or default_threads()}
+    compiled = core.compile_model(model, "CPU", config)
+    request = compiled.create_infer_request()
+    feed = {0: np.random.default_rng(0).random((1, channels, *shape), dtype=np.float32)}
+    feed.update({i: np.zeros(list(p.get_shape()), np.float32) for i, p in enumerate(compiled.inputs) if i})
+    request.infer(feed)  # first run: one-off allocations
+    by_type, by_exec, by_layer = collections.Counter(), collections.Counter(), collections.Counter()
+    layer_info = {}
+    for _ in range(iters):
+        request.infer(feed)
+        for p in request.get_profiling_info():
+            if p.status != p.Status.EXECUTED:
+                continue
+            us = p.real_time.total_seconds() * 1e6
+            by_type[p.node_type] += us
+            by_exec[p.exec_type] += us
+            by_layer[p.node_name] += us
+            layer_info[p.node_name] = (p.node_type, p.exec_type)
+    total = sum(by_type.values()) or 1
+    int8 = sum(v for k, v in by_exec.items() if any(t in k.lower() for t in ("i8", "u8")))
+    return {
+        "artifact": path.name,
+        "shape": list(shape),
+        "iterations": iters,
+        "sum_of_layers_ms": round(total / iters / 1e3, 3),
+        "int8_kernel_time_share": round(int8 / total, 4),
+        "by_layer_type": time_table(by_type, iters, total, top),
+        "by_kernel": time_table(by_exec, iters, total, top),
+        "slowest_layers": [dict(row, type=layer_info[row["name"]][0], kernel=layer_info[row["name"]][1])
+                           for row in time_table(by_layer, iters, total, top)],
+        "compiled_with": {k: str(v) for k, v in config.items()},
+    }
 
 
 def inspect_openvino(path) -> dict:

@@ -191,3 +191,11 @@ class ArtifactSession:
 def env_threads() -> int | None:
     value = os.environ.get("OMP_NUM_THREADS")
     return int(value) if value and value.isdigit() and int(value) > 0 else None
+
+
+def time_table(counter, runs: int, total: float, top: int) -> list:
+    """The `top` entries of a {name: microseconds summed over `runs`} counter: ms per run and share
+    of `total` (what the runtimes' `profile` functions report)."""
+    total = total or 1
+    return [{"name": k, "ms": round(v / runs / 1e3, 3), "share": round(v / total, 4)}
+            for k, v in counter.most_common(top)]

@@ -241,3 +241,32 @@ def test_a_killed_bench_leaves_no_worker_and_no_folder(artifacts, tmp_path, how,
     if how == "cli" and sig == "SIGTERM":
         assert parent.returncode == 143 and "Traceback" not in stderr
         assert stderr.strip().splitlines()[-1] == "datprl-edge: terminated"
+
+
+def test_inspect_an_artifact_without_torch(artifacts, no_torch, tmp_path):
+    ov_path, onnx_path = artifacts[("openvino", True)], artifacts[("onnx", True)]
+    proc = run_cli(no_torch, "inspect", ov_path, "--size", "48x64", "--iters", "2", "--threads", "1",
+                   "--json")
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["target"] == "openvino" and r["structure"]["metadata"]["model_name"] == "edge-xs"
+    assert r["structure"]["ops"]["Convolution"] > 0 and "input" in r["structure"]["inputs"]
+    prof = r["profile"]
+    assert prof["shape"] == [48, 64] and prof["iterations"] == 2 and prof["sum_of_layers_ms"] > 0
+    kinds = {e["name"] for e in prof["by_layer_type"]}
+    assert "Convolution" in kinds and prof["int8_kernel_time_share"] == 0.0  # an FP32 artifact
+    assert sum(e["share"] for e in prof["by_layer_type"]) <= 1.0 + 1e-3
+    assert all(e["kernel"] and e["type"] for e in prof["slowest_layers"])
+
+    proc = run_cli(no_torch, "inspect", onnx_path, "--size", "32x32", "--iters", "1", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "ONNX (onnxruntime), model_name edge-xs, precision fp32" in proc.stdout
+    assert "op type" in proc.stdout and "slowest nodes" in proc.stdout
+    assert "summed over layers at 32x32" in proc.stdout
+    assert "op histogram and weight bytes need the onnx package" in proc.stdout  # a device: no onnx
+
+    proc = run_cli(no_torch, "inspect", ov_path, "--no-latency")
+    assert proc.returncode == 0 and "times       not measured (--no-latency)" in proc.stdout
+    assert "artifact not found: " in error_line(run_cli(no_torch, "inspect", tmp_path / "gone.xml"))
+    assert "not an exported artifact" in error_line(
+        run_cli(no_torch, "inspect", ov_path, "--network", "net.yml"))
