@@ -170,7 +170,6 @@ def die_with_parent(parent_pid: int | None) -> None:
     if not sys.platform.startswith("linux") or not parent_pid:
         return
     import ctypes
-    import os
     import signal
 
     try:

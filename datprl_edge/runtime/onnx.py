@@ -21,7 +21,7 @@ from datprl_edge.core.artifacts import (
 )
 from datprl_edge.core.errors import ArtifactError, ConfigError, InputNotFoundError, MissingBackendError
 from datprl_edge.core.host import default_threads
-from datprl_edge.runtime.session import ArtifactSession, env_threads, time_table
+from datprl_edge.runtime.session import ArtifactSession, check_profile_shape, env_threads, time_table
 
 
 class OnnxSession(ArtifactSession):
@@ -159,6 +159,7 @@ def profile(path, shape=(256, 256), iters: int = 5, threads: int | None = None, 
         options.log_severity_level = 3
         sess = _load(ort, path, options)
         inputs = sess.get_inputs()
+        check_profile_shape(path.name, inputs[0].shape[2:], shape)
         channels = inputs[0].shape[1] if isinstance(inputs[0].shape[1], int) else 3
         feed = {inputs[0].name: np.random.default_rng(0).random((1, channels, *shape), dtype=np.float32)}
         feed.update({i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32)

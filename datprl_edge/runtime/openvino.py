@@ -21,7 +21,7 @@ from datprl_edge.core.artifacts import (
 )
 from datprl_edge.core.errors import ArtifactError, ConfigError, InputNotFoundError
 from datprl_edge.core.host import cpu_info, default_threads, int8_pairs_saturate
-from datprl_edge.runtime.session import ArtifactSession, env_threads, time_table
+from datprl_edge.runtime.session import ArtifactSession, check_profile_shape, env_threads, time_table
 
 RT_INFO_KEY = "datprl_edge"
 # Largest int8 weight magnitude whose product pairs fit int16 on CPUs without VNNI (core.host)
@@ -253,6 +253,9 @@ def profile(path, shape=(256, 256), iters: int = 5, threads: int | None = None, 
     channels = channels.get_length() if channels.is_static else 3
     if model.inputs[0].get_partial_shape().is_dynamic:  # sessions compile per input size (static graph)
         model.reshape({model.inputs[0]: [1, channels, *shape]})
+    else:
+        dims = [d.get_length() for d in model.inputs[0].get_partial_shape()]
+        check_profile_shape(path.name, dims[2:], shape)
     config = {"INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": True,
               "INFERENCE_NUM_THREADS": threads or default_threads()}
     compiled = core.compile_model(model, "CPU", config)

@@ -199,3 +199,11 @@ def time_table(counter, runs: int, total: float, top: int) -> list:
     total = total or 1
     return [{"name": k, "ms": round(v / runs / 1e3, 3), "share": round(v / total, 4)}
             for k, v in counter.most_common(top)]
+
+
+def check_profile_shape(name: str, dims, shape) -> None:
+    """A static artifact is profiled at its own size only (`dims`: its input's H, W)."""
+    if all(isinstance(d, int) for d in dims) and tuple(dims) != tuple(shape):
+        size = f"{dims[0]}x{dims[1]}"
+        raise ConfigError(f"{name} takes {size} only; profile it with --size {size}")
+

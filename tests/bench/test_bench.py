@@ -265,6 +265,12 @@ def test_inspect_an_artifact_without_torch(artifacts, no_torch, tmp_path):
     assert "summed over layers at 32x32" in proc.stdout
     assert "op histogram and weight bytes need the onnx package" in proc.stdout  # a device: no onnx
 
+    static = artifacts[("onnx", False)]  # 32x32 only
+    proc = run_cli(no_torch, "inspect", static)
+    assert "takes 32x32 only; profile it with --size 32x32" in error_line(proc)
+    proc = run_cli(no_torch, "inspect", static, "--size", "32x32", "--iters", "1", "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["profile"]["shape"] == [32, 32]
+
     proc = run_cli(no_torch, "inspect", ov_path, "--no-latency")
     assert proc.returncode == 0 and "times       not measured (--no-latency)" in proc.stdout
     assert "artifact not found: " in error_line(run_cli(no_torch, "inspect", tmp_path / "gone.xml"))
