@@ -122,7 +122,7 @@ def runtime_kernels(path, threads: int = 1) -> dict:
     transforms): the op histogram of the optimized graph and its integer vs float convolutions."""
     import tempfile
 
-    onnx = require("onnx", purpose="inspecting ONNX files")
+    require("onnx", purpose="inspecting ONNX files")
     ort = require("onnxruntime", purpose="running ONNX artifacts")
     with tempfile.TemporaryDirectory() as tmp:
         options = ort.SessionOptions()
@@ -130,8 +130,7 @@ def runtime_kernels(path, threads: int = 1) -> dict:
         options.intra_op_num_threads = threads
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         _load(ort, Path(path), options)
-        graph = onnx.load(options.optimized_model_filepath).graph
-    ops = collections.Counter(n.op_type for n in graph.node)
+        ops = collections.Counter(_op_histogram(options.optimized_model_filepath))
     return {"ops": dict(sorted(ops.items())),
             "integer_convs": sum(ops[k] for k in INTEGER_CONVS),
             "float_convs": sum(ops[k] for k in FLOAT_CONVS)}
@@ -184,6 +183,7 @@ def profile(path, shape=(256, 256), iters: int = 5, threads: int | None = None, 
 
 
 def _op_histogram(path) -> dict:
+    """{op type: count} of an .onnx file, most frequent first; {} without the onnx package."""
     try:
         import onnx
     except ImportError:  # a device install: onnxruntime without the onnx package
