@@ -33,6 +33,7 @@ from datprl_edge.core.shapes import parse_hw
 from datprl_edge.core.targets import BENCH_COMPUTE_UNITS, COMPUTE_UNITS, TargetSpec, stage_module
 
 SCHEMA = "datprl-edge-bench/1"
+BUSY_SHARE, STEAL_SHARE = 0.05, 0.02  # summary_lines flags timings taken while the CPUs did more than this
 OPENVINO_PRECISIONS = ("f32", "bf16", "f16", "default")
 
 
@@ -40,7 +41,10 @@ OPENVINO_PRECISIONS = ("f32", "bf16", "f16", "default")
 class BenchConfig:
     """What to measure. `iters` fixes the timed iterations; otherwise the loop runs `seconds`
     (at least `min_iters` times). `tile`: "auto", "off" or a tile size. `devices`: OpenVINO /
-    onnxruntime device names, or "all" (every device OpenVINO lists). `compute_units`: Core ML."""
+    onnxruntime device names, or "all" (every device OpenVINO lists). `compute_units`: Core ML.
+    `paired`: the artifacts of each device and shape run in one worker, interleaved run by run, and
+    each one's speed-up over the first comes from paired runs (robust to a machine whose speed drifts;
+    peak RSS is then the whole process's)."""
 
     shapes: tuple = ((256, 256),)
     threads: int | None = None
@@ -55,6 +59,7 @@ class BenchConfig:
     overlap: int | None = None
     seed: int = 0
     timeout_s: float | None = None
+    paired: bool = False
 
     def __post_init__(self):
         for name in ("threads", "warmup", "iters"):
@@ -92,6 +97,8 @@ class BenchConfig:
         object.__setattr__(self, "tile", parse_tile(self.tile))
         if self.overlap is not None and self.overlap < 0:
             raise ConfigError(f"--overlap must be 0 or more, got {self.overlap}")
+        if not isinstance(self.paired, bool):
+            raise ConfigError(f"paired must be True or False, got {self.paired!r}")
 
 
 def parse_tile(value):
@@ -135,7 +142,23 @@ def plan_jobs(artifacts, config: BenchConfig) -> tuple[list[dict], list[dict]]:
                              "warmup": config.warmup, "iters": config.iters, "seconds": config.seconds,
                              "min_iters": config.min_iters, "inference_precision": config.inference_precision,
                              "tile": config.tile, "overlap": config.overlap, "seed": config.seed, **variant})
-    return jobs, skipped
+    return (_paired_jobs(jobs) if config.paired else jobs), skipped
+
+
+def _paired_jobs(jobs: list[dict]) -> list[dict]:
+    """One job per device and shape holding every artifact (`artifacts`), in the order given."""
+    targets = sorted({j["target"] for j in jobs})
+    if len(targets) > 1:
+        raise ConfigError(f"--paired times artifacts of one runtime in one process; got {', '.join(targets)} "
+                          "(run one paired bench per runtime)")
+    groups: dict = {}
+    for j in jobs:
+        key = (j.get("device"), j.get("compute_units"), tuple(j["shape"]))
+        group = groups.setdefault(key, {**j, "artifacts": []})
+        group["artifacts"].append(j["artifact"])
+    if any(len(g["artifacts"]) < 2 for g in groups.values()):
+        raise ConfigError("--paired compares two or more artifacts; name the baseline first")
+    return list(groups.values())
 
 
 def _devices(spec: TargetSpec, devices) -> list[str]:
@@ -156,15 +179,23 @@ def run_bench(artifacts, config: BenchConfig, *, command: str | None = None, pro
     if not jobs and skipped:
         raise PlatformError(skipped[0]["message"])
     env = environment()
-    results = []
+    results, comparisons = [], []
     for i, spec in enumerate(jobs):
         if progress:
             progress(i, len(jobs), spec)
         try:
-            results.append(run_worker(spec, timeout_s=config.timeout_s))
+            result = run_worker(spec, timeout_s=config.timeout_s)
         except DatprlEdgeError as e:
-            results.append(_failed(spec, e))
-    return {
+            names = spec.get("artifacts") or [spec["artifact"]]
+            results += [_failed({**spec, "artifact": a}, e) for a in names]
+            continue
+        if result.get("paired"):
+            results += result["results"]
+            comparisons.append({"shape": list(spec["shape"]), "device": spec.get("device"),
+                                "compute_units": spec.get("compute_units"), **result["comparison"]})
+        else:
+            results.append(result)
+    report = {
         "schema": SCHEMA,
         "command": command,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -175,6 +206,9 @@ def run_bench(artifacts, config: BenchConfig, *, command: str | None = None, pro
         "load_average_after": load_average(),
         "results": results + skipped,
     }
+    if config.paired:
+        report["paired"] = comparisons
+    return report
 
 
 def _failed(spec: dict, error: Exception) -> dict:
@@ -213,10 +247,11 @@ def run_worker(spec: dict, timeout_s: float | None = None) -> dict:
         result = json.loads(result_path.read_text(encoding="utf-8"))
     if result.get("status") == "error":
         raise _rebuild_error(result["error"], spec)
-    result["load_average_before"] = load_before
-    for key in ("device", "compute_units"):
-        if spec.get(key):
-            result.setdefault(key, spec[key])
+    for entry in result.get("results") or [result]:
+        entry["load_average_before"] = load_before
+        for key in ("device", "compute_units"):
+            if spec.get(key):
+                entry.setdefault(key, spec[key])
     return result
 
 
@@ -263,4 +298,17 @@ def summary_lines(report: dict) -> list[str]:
         lines.append(f"{r['artifact']:<34} {device:<10} {shape:>11} {r['load_s']:>7.2f} "
                      f"{r['first_inference_ms']:>9.1f} {lat['p50']:>9.2f} {lat['p90']:>9.2f} "
                      f"{r['throughput']['images_per_s']:>8.2f} {r['peak_rss_mb']:>7.0f}{tiled}")
+    for r in report["results"]:
+        share = r.get("cpu_share_while_timed") or {}
+        if share.get("other_processes", 0) > BUSY_SHARE or share.get("steal", 0) > STEAL_SHARE:
+            lines.append(f"note: while {r['artifact']} was timed, other processes used "
+                         f"{share['other_processes']:.0%} of the CPU time and the hypervisor took "
+                         f"{share['steal']:.0%}: its timings are suspect")
+    for c in report.get("paired", []):
+        shape = "x".join(str(v) for v in c["shape"])
+        for name, s in c["speedup_vs_baseline"].items():
+            lo, hi = s["ci95"]
+            lines.append(f"paired {shape}: {name} vs {c['baseline']}: {s['median']:.3f}x the speed "
+                         f"(median of {c['rounds']} paired runs, 95% CI {lo:.3f}-{hi:.3f}; "
+                         f"p50 ratio {s['p50_ratio']:.3f}x)")
     return lines

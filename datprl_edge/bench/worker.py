@@ -1,7 +1,8 @@
 """One benchmark measurement in a fresh process: `python -m datprl_edge.bench.worker SPEC RESULT`.
 
 SPEC is a JSON file (artifact, shape, threads, device, ...), RESULT the JSON file this writes.
-A process of its own per artifact and shape keeps peak RSS from mixing between measurements.
+A process of its own per artifact and shape keeps peak RSS from mixing between measurements; a paired
+spec (`artifacts`: several) interleaves them in this one process instead (`measure_paired`).
 numpy + the artifact's runtime only: no torch.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from datprl_edge.core.errors import ConfigError, DatprlEdgeError
+from datprl_edge.core.host import cpu_clock, cpu_share_between
 
 PARENT_ENV = "DATPRL_EDGE_BENCH_PARENT"
 AUTO_TILE_SIDE = 2048  # longer sides than this are tiled when --tile is auto
@@ -38,73 +40,143 @@ def peak_rss_mb() -> float:
     return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
 
 
+class _Prepared:
+    """One artifact opened for timing: its session, the input and the step that runs it."""
+
+    def __init__(self, spec: dict, artifact):
+        from datprl_edge.core.targets import stage_module
+        from datprl_edge.runtime.sessions import artifact_spec, open_artifact
+
+        self.path = path = Path(artifact)
+        self.target = artifact_spec(path)  # its TargetSpec
+        self.runtime = stage_module(self.target, "runtime")
+        h, w = self.shape = spec["shape"]
+        self.rss_start = peak_rss_mb()
+        self.options = self.runtime.bench_options(spec)
+        t0 = time.perf_counter()
+        self.session = session = open_artifact(path, **self.options)
+        self.load_s = time.perf_counter() - t0
+        self.rss_load = peak_rss_mb()
+        rng = np.random.default_rng(spec.get("seed", 0))
+        self.x = rng.random((1, session.channels, h, w), dtype=np.float32)
+        self.tiling = tile_settings(session, h, w, spec.get("tile", "auto"), spec.get("overlap"))
+        if self.tiling:
+            from datprl_edge.core.tiling import plan_tiles
+
+            self.tiling["tiles"] = plan_tiles(h, w, self.tiling["tile"], self.tiling["overlap"],
+                                              session.pad_multiple).count
+        self.first_ms = None
+
+    def step(self):
+        if self.tiling:
+            from datprl_edge.core.tiling import tile_apply
+
+            return tile_apply(self.session.run, self.x, self.tiling["tile"], self.tiling["overlap"],
+                              self.session.pad_multiple)
+        return self.session.run(self.x)
+
+    def first(self) -> None:
+        """The first inference, timed and checked."""
+        t0 = time.perf_counter()
+        y = self.step()
+        self.first_ms = (time.perf_counter() - t0) * 1e3
+        if y.shape[2:] != self.x.shape[2:] or not np.isfinite(y).all():
+            raise ConfigError(f"{self.path.name} returned shape {y.shape} (finite: "
+                              f"{bool(np.isfinite(y).all())}) for input {self.x.shape}")
+
+    def result(self, spec: dict, times_ms, cpu_share=None) -> dict:
+        h, w = self.shape
+        times_ms = np.asarray(times_ms, dtype=np.float64)
+        mean_ms = float(times_ms.mean())
+        return {
+            "status": "ok",
+            "artifact": self.path.name,
+            "path": str(self.path),
+            "target": self.target.name,
+            "precision": self.session.metadata.get("precision"),
+            "model_name": self.session.metadata.get("model_name"),
+            "shape": [h, w],
+            "batch": 1,
+            "tiled": self.tiling or None,
+            "runtime": runtime_details(self.target, self.runtime, self.session, self.options),
+            "load_s": round(self.load_s, 4),
+            "first_inference_ms": round(self.first_ms, 3),
+            "warmup": spec.get("warmup", 0),
+            "iterations": int(times_ms.size),
+            "latency_ms": {
+                "min": _r(times_ms.min()), "mean": _r(mean_ms),
+                "p50": _r(np.percentile(times_ms, 50)), "p90": _r(np.percentile(times_ms, 90)),
+                "p99": _r(np.percentile(times_ms, 99)), "max": _r(times_ms.max()), "std": _r(times_ms.std()),
+            },
+            "throughput": {"images_per_s": _r(1e3 / mean_ms), "megapixels_per_s": _r(h * w / 1e3 / mean_ms)},
+            "peak_rss_mb": peak_rss_mb(),
+            "rss_mb": {"before_load": self.rss_start, "after_load": self.rss_load},
+            "latencies_ms": [_r(t) for t in times_ms],
+            "cpu_share_while_timed": cpu_share,
+            "torch_imported": "torch" in sys.modules,
+        }
+
+
 def measure(spec: dict) -> dict:
-    from datprl_edge.core.targets import stage_module
-    from datprl_edge.runtime.sessions import artifact_spec, open_artifact
-
-    path = Path(spec["artifact"])
-    target = artifact_spec(path)  # its TargetSpec
-    runtime = stage_module(target, "runtime")
-    h, w = spec["shape"]
-    rss_start = peak_rss_mb()
-    options = runtime.bench_options(spec)
-    t0 = time.perf_counter()
-    session = open_artifact(path, **options)
-    load_s = time.perf_counter() - t0
-    rss_load = peak_rss_mb()
-
-    rng = np.random.default_rng(spec.get("seed", 0))
-    x = rng.random((1, session.channels, h, w), dtype=np.float32)
-    tiling = tile_settings(session, h, w, spec.get("tile", "auto"), spec.get("overlap"))
-    if tiling:
-        from datprl_edge.core.tiling import plan_tiles, tile_apply
-
-        plan = plan_tiles(h, w, tiling["tile"], tiling["overlap"], session.pad_multiple)
-        tiling["tiles"] = plan.count
-
-        def step():
-            return tile_apply(session.run, x, tiling["tile"], tiling["overlap"], session.pad_multiple)
-    else:
-        def step():
-            return session.run(x)
-
-    t0 = time.perf_counter()
-    y = step()
-    first_ms = (time.perf_counter() - t0) * 1e3
-    if y.shape[2:] != x.shape[2:] or not np.isfinite(y).all():
-        raise ConfigError(f"{path.name} returned shape {y.shape} (finite: {bool(np.isfinite(y).all())}) "
-                          f"for input {x.shape}")
+    """One artifact (spec["artifact"]) at one shape."""
+    art = _Prepared(spec, spec["artifact"])
+    art.first()
     for _ in range(spec.get("warmup", 0)):
-        step()
-    times = timed_loop(step, spec.get("iters"), spec.get("seconds"), spec.get("min_iters", 3))
-    times_ms = np.asarray(times) * 1e3
-    mean_ms = float(times_ms.mean())
-    return {
-        "status": "ok",
-        "artifact": path.name,
-        "path": str(path),
-        "target": target.name,
-        "precision": session.metadata.get("precision"),
-        "model_name": session.metadata.get("model_name"),
-        "shape": [h, w],
-        "batch": 1,
-        "tiled": tiling or None,
-        "runtime": runtime_details(target, runtime, session, options),
-        "load_s": round(load_s, 4),
-        "first_inference_ms": round(first_ms, 3),
-        "warmup": spec.get("warmup", 0),
-        "iterations": int(times_ms.size),
-        "latency_ms": {
-            "min": _r(times_ms.min()), "mean": _r(mean_ms),
-            "p50": _r(np.percentile(times_ms, 50)), "p90": _r(np.percentile(times_ms, 90)),
-            "p99": _r(np.percentile(times_ms, 99)), "max": _r(times_ms.max()), "std": _r(times_ms.std()),
-        },
-        "throughput": {"images_per_s": _r(1e3 / mean_ms), "megapixels_per_s": _r(h * w / 1e3 / mean_ms)},
-        "peak_rss_mb": peak_rss_mb(),
-        "rss_mb": {"before_load": rss_start, "after_load": rss_load},
-        "latencies_ms": [_r(t) for t in times_ms],
-        "torch_imported": "torch" in sys.modules,
-    }
+        art.step()
+    clock = cpu_clock()
+    times = timed_loop(art.step, spec.get("iters"), spec.get("seconds"), spec.get("min_iters", 3))
+    return art.result(spec, np.asarray(times) * 1e3, cpu_share_between(clock, cpu_clock()))
+
+
+def measure_paired(spec: dict) -> dict:
+    """Several artifacts (spec["artifacts"]) in this one process, interleaved run by run: round r runs
+    each once, in the given order for even r and reversed for odd r, so a drift in the machine's speed
+    lands on all of them. `iters` / `seconds` are per artifact. Each artifact's speed-up over the first
+    comes from the rounds' paired runs (`paired_ratios`)."""
+    arts = [_Prepared(spec, a) for a in spec["artifacts"]]
+    for art in arts:
+        art.first()
+    for _ in range(spec.get("warmup", 0)):
+        for art in arts:
+            art.step()
+    times = [[] for _ in arts]
+    iters, seconds = spec.get("iters"), spec.get("seconds")
+    deadline = None if iters else time.perf_counter() + float(seconds) * len(arts)
+    rounds, clock = 0, cpu_clock()
+    while (rounds < int(iters) if iters else
+           (rounds < spec.get("min_iters", 3) or time.perf_counter() < deadline)):
+        order = range(len(arts)) if rounds % 2 == 0 else reversed(range(len(arts)))
+        for i in order:
+            t0 = time.perf_counter()
+            arts[i].step()
+            times[i].append((time.perf_counter() - t0) * 1e3)
+        rounds += 1
+    share = cpu_share_between(clock, cpu_clock())
+    results = [art.result(spec, t, share) for art, t in zip(arts, times)]
+    for r in results:
+        r["paired"] = True
+        r["rss_note"] = "peak RSS of the one process that ran every paired artifact"
+    return {"status": "ok", "paired": True, "results": results,
+            "comparison": paired_ratios([a.path.name for a in arts], times)}
+
+
+def paired_ratios(names, times_ms) -> dict:
+    """Each artifact's speed-up over the first (baseline latency / its latency, > 1 is faster), per
+    round of paired runs: the median over rounds with a distribution-free 95% interval of that median
+    (order statistics of the binomial), the quartiles, and the ratio of the two p50 latencies."""
+    base = np.asarray(times_ms[0], dtype=np.float64)
+    out = {"baseline": names[0], "rounds": int(base.size), "speedup_vs_baseline": {}}
+    for name, t in zip(names[1:], times_ms[1:]):
+        ratios = np.sort(base / np.asarray(t, dtype=np.float64))
+        n = ratios.size
+        half = 1.96 * np.sqrt(n) / 2
+        lo, hi = max(int(np.floor(n / 2 - half)), 0), min(int(np.ceil(n / 2 + half)), n - 1)
+        out["speedup_vs_baseline"][name] = {
+            "median": _r(np.median(ratios)), "ci95": [_r(ratios[lo]), _r(ratios[hi])],
+            "quartiles": [_r(np.percentile(ratios, 25)), _r(np.percentile(ratios, 75))],
+            "p50_ratio": _r(np.percentile(base, 50) / np.percentile(t, 50)),
+        }
+    return out
 
 
 def timed_loop(step, iters, seconds, min_iters) -> list[float]:
@@ -188,7 +260,7 @@ def main(argv=None) -> int:
     die_with_parent(int(os.environ.get(PARENT_ENV, "0") or 0))
     spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     try:
-        result = measure(spec)
+        result = measure_paired(spec) if spec.get("artifacts") else measure(spec)
         code = 0
     except DatprlEdgeError as e:
         result, code = {"status": "error", "error": {"type": type(e).__name__, "message": str(e)}}, 2

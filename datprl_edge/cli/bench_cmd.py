@@ -42,6 +42,10 @@ def register(subparsers):
                    help="tile size for large inputs (auto: tile sides above 2048 at the artifact's "
                         "recommended size)")
     p.add_argument("--overlap", type=int, metavar="N", help="tile overlap (default: the artifact's)")
+    p.add_argument("--paired", action="store_true",
+                   help="run the artifacts (one runtime) in one process, interleaved run by run, and report "
+                        "each one's speed-up over the FIRST from paired runs with a 95%% interval: robust "
+                        "when the machine's speed drifts; peak RSS is then the process's, not per artifact")
     p.add_argument("--json", metavar="OUT", help="write the full report (JSON) here")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=run)
@@ -62,11 +66,13 @@ def run(args) -> int:
         seconds=args.seconds if args.seconds is not None else (None if args.iters else 3.0),
         devices=tuple(args.device or ["CPU"]),
         compute_units=tuple(_split(args.compute_units) or BENCH_COMPUTE_UNITS),
-        inference_precision=str(args.inference_precision).lower(), tile=args.tile, overlap=args.overlap)
+        inference_precision=str(args.inference_precision).lower(), tile=args.tile, overlap=args.overlap,
+        paired=args.paired)
 
     def progress(i, total, spec):
         where = spec.get("device") or spec.get("compute_units")
-        print(f"[{i + 1}/{total}] {Path(spec['artifact']).name} {where} "
+        names = ", ".join(Path(a).name for a in spec.get("artifacts") or [spec["artifact"]])
+        print(f"[{i + 1}/{total}] {names} {where} "
               f"{spec['shape'][0]}x{spec['shape'][1]}", file=sys.stderr, flush=True)
 
     report = run_bench(args.artifacts, config, command=_rebuild_command(args), progress=progress)
@@ -101,6 +107,8 @@ def _rebuild_command(args) -> str:
             parts += [f"--{flag.replace('_', '-')}", str(value)]
     for d in args.device or []:
         parts += ["--device", d]
+    if args.paired:
+        parts.append("--paired")
     for u in args.compute_units or []:
         parts += ["--compute-units", u]
     return shlex.join(parts)

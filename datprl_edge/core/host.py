@@ -99,6 +99,34 @@ def load_average() -> list | None:
         return None
 
 
+def cpu_clock() -> dict | None:
+    """The machine's CPU time so far, in seconds summed over CPUs (busy, idle, stolen by the hypervisor),
+    and this process's own (all its threads); None where /proc/stat is missing (not Linux)."""
+    text = _read("/proc/stat")
+    if not text or not text.startswith("cpu "):
+        return None
+    fields = [int(v) for v in text.splitlines()[0].split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = fields + [0] * (8 - len(fields))
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    own = os.times()
+    return {"busy": (user + nice + system + irq + softirq) / tick, "idle": (idle + iowait) / tick,
+            "steal": steal / tick, "own": own.user + own.system}
+
+
+def cpu_share_between(before: dict | None, after: dict | None) -> dict | None:
+    """What else the CPUs did between two `cpu_clock()` readings, as shares of all CPU time: other
+    processes' busy time (another job competing for the cores) and time the hypervisor gave to other
+    guests (steal). Either share well above 0 means the timings of that interval are suspect."""
+    if not before or not after:
+        return None
+    delta = {k: after[k] - before[k] for k in before}
+    total = delta["busy"] + delta["idle"] + delta["steal"]
+    if total <= 0:
+        return None
+    return {"other_processes": round(max(0.0, delta["busy"] - delta["own"]) / total, 4),
+            "steal": round(delta["steal"] / total, 4)}
+
+
 def package_versions(names=PACKAGES) -> dict:
     out = {}
     for name in names:

@@ -32,7 +32,8 @@ class OnnxSession(ArtifactSession):
     # onnxruntime's x86 switch from U8S8 kernels (int16 pair sums without VNNI) to exact U8U8 ones
     EXACT_INT8_OPTION = "session.x64quantprecision"
 
-    def __init__(self, path, providers=None, threads: int | None = None, exact_int8: bool = False):
+    def __init__(self, path, providers=None, threads: int | None = None, exact_int8: bool = False,
+                 shared_threads: bool = False):
         self.path = Path(path)
         self._threads, self._providers, self.exact_int8 = threads, providers, exact_int8
         if not self.path.is_file():
@@ -41,7 +42,12 @@ class OnnxSession(ArtifactSession):
         options = ort.SessionOptions()
         options.log_severity_level = 3
         threads = threads or env_threads()
-        if threads:
+        if shared_threads:
+            # One process-wide pool for every session that asks (paired benchmarks): a session's pool
+            # spin-waits after each run and would take the cores from the next session's run.
+            _global_pool(ort, threads or default_threads())
+            options.use_per_session_threads = False
+        elif threads:
             options.intra_op_num_threads = threads
         if exact_int8:
             options.add_session_config_entry(self.EXACT_INT8_OPTION, "1")
@@ -86,8 +92,26 @@ def _load(ort, path: Path, options, providers=None):
 
 
 def bench_options(job: dict) -> dict:
-    """OnnxSession options for one `bench` measurement (job: threads, device)."""
-    return {"threads": job["threads"], "providers": providers_for(str(job.get("device") or "CPU"))}
+    """OnnxSession options for one `bench` measurement (job: threads, device; `artifacts` when paired:
+    the sessions then share one thread pool)."""
+    return {"threads": job["threads"], "providers": providers_for(str(job.get("device") or "CPU")),
+            "shared_threads": bool(job.get("artifacts"))}
+
+
+_GLOBAL_POOL: list = []
+
+
+def _global_pool(ort, threads: int) -> None:
+    """Create onnxruntime's global thread pools once per process, with `threads` intra-op threads."""
+    if _GLOBAL_POOL:
+        if _GLOBAL_POOL[0] != threads:
+            raise ConfigError(f"onnxruntime's shared thread pool has {_GLOBAL_POOL[0]} threads; "
+                              f"a session asked for {threads}")
+        return
+    from onnxruntime.capi import _pybind_state
+
+    _pybind_state.set_global_thread_pool_sizes(threads, 1)
+    _GLOBAL_POOL.append(threads)
 
 
 def providers_for(device: str) -> list[str]:
@@ -110,7 +134,9 @@ def bench_details(session, options: dict) -> dict:
     first = options["providers"][0]
     return {"device": "CPU" if first == "CPUExecutionProvider" else first,
             "providers": list(getattr(session, "providers", options["providers"])),
-            "intra_op_num_threads": options["threads"]}
+            "intra_op_num_threads": options["threads"],
+            "thread_pool": "global, shared by the paired sessions" if options.get("shared_threads")
+            else "per session"}
 
 
 INTEGER_CONVS = ("QLinearConv", "ConvInteger")

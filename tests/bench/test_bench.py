@@ -86,6 +86,77 @@ def test_bench_without_torch_writes_the_report(artifacts, no_torch, tmp_path):
     assert ov["device"] == "CPU" and ov["version"]
 
 
+def test_paired_bench_interleaves_artifacts_in_one_process(artifacts, no_torch, tmp_path):
+    base, other = artifacts[("onnx", True)], artifacts[("onnx", False)]
+    out = tmp_path / "paired.json"
+    proc = run_cli(no_torch, "bench", base, other, "--paired", "--shape", "32x32", "--iters", "7",
+                   "--warmup", "1", "--threads", "1", "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["command"].endswith("--paired") and report["settings"]["paired"] is True
+    first, second = report["results"]
+    assert (first["artifact"], second["artifact"]) == (base.name, other.name)
+    for r in (first, second):
+        assert r["status"] == "ok" and r["paired"] and r["iterations"] == 7 and r["torch_imported"] is False
+    (comparison,) = report["paired"]
+    assert comparison["baseline"] == base.name and comparison["rounds"] == 7
+    assert comparison["shape"] == [32, 32] and first["runtime"]["thread_pool"].startswith("global")
+    s = comparison["speedup_vs_baseline"][other.name]
+    assert s["ci95"][0] <= s["median"] <= s["ci95"][1] and s["quartiles"][0] <= s["quartiles"][1]
+    assert s["p50_ratio"] == pytest.approx(first["latency_ms"]["p50"] / second["latency_ms"]["p50"], rel=1e-3)
+    assert f"paired 32x32: {other.name} vs {base.name}: " in proc.stdout
+
+
+def test_paired_bench_needs_two_artifacts_of_one_runtime(artifacts, no_torch, tmp_path):
+    out = tmp_path / "paired.json"
+    proc = run_cli(no_torch, "bench", artifacts[("onnx", True)], artifacts[("openvino", True)], "--paired",
+                   "--iters", "1", "--json", out)
+    assert error_line(proc) == ("datprl-edge: error: --paired times artifacts of one runtime in one process; "
+                                "got onnx, openvino (run one paired bench per runtime)")
+    proc = run_cli(no_torch, "bench", artifacts[("onnx", True)], "--paired", "--iters", "1", "--json", out)
+    assert "--paired compares two or more artifacts" in error_line(proc) and not out.exists()
+
+
+def test_paired_ratios_cancel_a_drift_that_hits_every_artifact():
+    from datprl_edge.bench.worker import paired_ratios
+
+    drift = [10.0, 20.0, 10.0, 40.0, 10.0, 20.0, 10.0]  # the machine's speed changes between rounds
+    result = paired_ratios(["fp32", "int8"], [drift, [t / 2 for t in drift]])
+    s = result["speedup_vs_baseline"]["int8"]
+    assert result["baseline"] == "fp32" and result["rounds"] == 7
+    assert s["median"] == 2.0 and s["ci95"] == [2.0, 2.0] and s["quartiles"] == [2.0, 2.0]
+    noisy = paired_ratios(["a", "b"], [list(range(1, 101)), [50.0] * 100])["speedup_vs_baseline"]["b"]
+    assert noisy["ci95"][0] < noisy["median"] < noisy["ci95"][1]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/stat")
+def test_bench_reports_a_competing_process(artifacts, no_torch, tmp_path):
+    import os
+
+    out = tmp_path / "busy.json"
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        proc = run_cli(no_torch, "bench", artifacts[("onnx", True)], "--shape", "32x32", "--seconds", "1.5",
+                       "--threads", "1", "--json", out)
+    finally:
+        hog.kill()
+        hog.wait()
+    assert proc.returncode == 0, proc.stderr
+    (r,) = json.loads(out.read_text())["results"]
+    share = r["cpu_share_while_timed"]
+    assert share["other_processes"] > 0.5 / os.cpu_count() and 0 <= share["steal"] < 1
+    assert f"note: while {r['artifact']} was timed, other processes used" in proc.stdout
+
+
+def test_cpu_shares_between_two_clock_readings():
+    from datprl_edge.core.host import cpu_share_between
+
+    before = {"busy": 100.0, "idle": 50.0, "steal": 1.0, "own": 10.0}
+    after = {"busy": 106.0, "idle": 52.0, "steal": 3.0, "own": 13.0}  # 10 s of CPU time: 6 busy, 3 ours
+    assert cpu_share_between(before, after) == {"other_processes": 0.3, "steal": 0.2}
+    assert cpu_share_between(None, after) is None and cpu_share_between(before, before) is None
+
+
 def test_static_artifact_is_tiled_at_its_size(artifacts, no_torch, tmp_path):
     out = tmp_path / "static.json"
     proc = run_cli(no_torch, "bench", artifacts[("onnx", False)], "--shape", "40x72", "--iters", "1",

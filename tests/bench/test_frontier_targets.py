@@ -42,3 +42,10 @@ def test_no_latency_first_member_no_targets():
     doc = _doc([6.0, 7.0, 9.0], [12.0, 10.0, 9.0], 1.2)
     doc["members"] = {"edge-xs": doc["members"].pop("edge-lat")}
     assert frontier.frontier_targets(doc) == []
+
+
+def test_the_int8_ratio_comes_from_paired_runs_when_the_json_has_them():
+    doc = _doc([6.0, 7.0, 9.0], [12.0, 10.0, 9.0], 1.2)
+    doc["latency"]["paired"] = {"edge-lat": {"rounds": 900, "median": 1.9, "ci95": [1.85, 1.95]}}
+    ratio = frontier.frontier_targets(doc)[2]
+    assert ratio["measured"] == 1.9 and ratio["met"] and "paired runs" in ratio["name"]
