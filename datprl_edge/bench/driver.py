@@ -42,9 +42,9 @@ class BenchConfig:
     """What to measure. `iters` fixes the timed iterations; otherwise the loop runs `seconds`
     (at least `min_iters` times). `tile`: "auto", "off" or a tile size. `devices`: OpenVINO /
     onnxruntime device names, or "all" (every device OpenVINO lists). `compute_units`: Core ML.
-    `paired`: the artifacts of each device and shape run in one worker, interleaved run by run, and
-    each one's speed-up over the first comes from paired runs (robust to a machine whose speed drifts;
-    peak RSS is then the whole process's)."""
+    `paired`: the artifacts of each runtime, device and shape run in one worker, interleaved run by
+    run, and each one's speed-up over the first of them comes from paired runs (robust to a machine
+    whose speed drifts; peak RSS is then the whole process's)."""
 
     shapes: tuple = ((256, 256),)
     threads: int | None = None
@@ -146,19 +146,16 @@ def plan_jobs(artifacts, config: BenchConfig) -> tuple[list[dict], list[dict]]:
 
 
 def _paired_jobs(jobs: list[dict]) -> list[dict]:
-    """One job per device and shape holding every artifact (`artifacts`), in the order given."""
-    targets = sorted({j["target"] for j in jobs})
-    if len(targets) > 1:
-        raise ConfigError(f"--paired times artifacts of one runtime in one process; got {', '.join(targets)} "
-                          "(run one paired bench per runtime)")
+    """One job per runtime, device and shape holding its artifacts (`artifacts`, in the order given: the
+    first is the baseline); an artifact alone in its runtime is timed on its own."""
     groups: dict = {}
     for j in jobs:
-        key = (j.get("device"), j.get("compute_units"), tuple(j["shape"]))
-        group = groups.setdefault(key, {**j, "artifacts": []})
-        group["artifacts"].append(j["artifact"])
-    if any(len(g["artifacts"]) < 2 for g in groups.values()):
-        raise ConfigError("--paired compares two or more artifacts; name the baseline first")
-    return list(groups.values())
+        key = (j["target"], j.get("device"), j.get("compute_units"), tuple(j["shape"]))
+        groups.setdefault(key, []).append(j)
+    if all(len(g) < 2 for g in groups.values()):
+        raise ConfigError("--paired compares two or more artifacts of one runtime; name the baseline first")
+    return [{**g[0], "artifacts": [j["artifact"] for j in g]} if len(g) > 1 else g[0]
+            for g in groups.values()]
 
 
 def _devices(spec: TargetSpec, devices) -> list[str]:

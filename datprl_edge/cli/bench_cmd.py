@@ -43,9 +43,10 @@ def register(subparsers):
                         "recommended size)")
     p.add_argument("--overlap", type=int, metavar="N", help="tile overlap (default: the artifact's)")
     p.add_argument("--paired", action="store_true",
-                   help="run the artifacts (one runtime) in one process, interleaved run by run, and report "
-                        "each one's speed-up over the FIRST from paired runs with a 95%% interval: robust "
-                        "when the machine's speed drifts; peak RSS is then the process's, not per artifact")
+                   help="run the artifacts of each runtime in one process, interleaved run by run, and "
+                        "report each one's speed-up over the FIRST of that runtime from paired runs with a "
+                        "95%% interval: robust when the machine's speed drifts; peak RSS is then the "
+                        "process's, not per artifact")
     p.add_argument("--json", metavar="OUT", help="write the full report (JSON) here")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=run)

@@ -104,14 +104,15 @@ def build_stages(recipe: Recipe, run_dir: Path) -> list[Stage]:
               deps=("fold", "calib")),
         Stage("export", lambda ctx: export_stage(ctx, r), {**r["export"]},
               lambda: {"model": run / FLOAT_FILE, "qat": run / "qat"}, deps=("fold", "qat", "calib")),
-        Stage("bench", lambda ctx: bench_stage(ctx, r), {**r["bench"]}, lambda: {"artifacts": run / "export"},
-              deps=("export",)),
+        Stage("bench", lambda ctx: bench_stage(ctx, r), {**r["bench"], "paired": True},
+              lambda: {"artifacts": run / "export"}, deps=("export",)),
         Stage("eval", lambda ctx: eval_stage(ctx, r), {**r["eval"], "visuals": r["visuals"]},
               lambda: {"artifacts": run / "export", "teacher": run / TEACHER_FILE,
                        "student": run / FLOAT_FILE},
               deps=("teacher", "fold", "export")),
         Stage("report", lambda ctx: report_stage(ctx, r), {**r["report"]},
               lambda: {k: p for k, p in (("bench", run / "bench" / "bench.json"),
+                                         ("paired", run / "bench" / "paired.json"),
                                          ("eval", run / "eval" / "eval.json")) if p.exists()},
               deps=("export", "bench", "eval")),
     ]
@@ -287,18 +288,46 @@ def export_stage(ctx: StageContext, r: Recipe) -> dict:
 
 def bench_stage(ctx: StageContext, r: Recipe) -> dict:
     """`datprl-edge bench` in a fresh, torch-free process: its workers' peak RSS then belongs to them
-    (Linux carries a parent's RSS peak into ru_maxrss across fork and exec, and this process holds torch)."""
+    (Linux carries a parent's RSS peak into ru_maxrss across fork and exec, and this process holds torch).
+    Then, where a runtime has two or more artifacts, `bench --paired` with FP32 first: each artifact's
+    speed-up over FP32 from runs interleaved in one process (`paired.json`)."""
     import json
-    import subprocess
-    import sys
 
-    cfg = r["bench"]
     artifacts = artifact_paths(ctx.stage_dir("export"))
     if not macos_runnable(artifacts):
         return {"summary": "nothing could be benchmarked here: Core ML prediction needs macOS"}
     out = ctx.out / "bench.json"
+    _bench_cli(ctx, r, artifacts, out)
+    results = json.loads(out.read_text(encoding="utf-8"))["results"]
+    ok = [x for x in results if x["status"] == "ok"]
+    summary = f"{len(ok)} measurements, {len(results) - len(ok)} skipped (in a torch-free process)"
+    pairs = paired_order(macos_runnable(artifacts))
+    if pairs:
+        _bench_cli(ctx, r, pairs, ctx.out / "paired.json", "--paired")
+        comparisons = json.loads((ctx.out / "paired.json").read_text(encoding="utf-8")).get("paired", [])
+        summary += f"; {sum(len(c['speedup_vs_baseline']) for c in comparisons)} paired speed-ups"
+    return {"summary": summary}
+
+
+def paired_order(artifacts) -> list:
+    """The artifacts of every runtime that has two or more, each runtime's FP32 first (its baseline in
+    `bench --paired`); [] when no runtime has two."""
+    rank = {"fp32": 0, "fp16": 1, "int8": 2}
+    by_target: dict = {}
+    for a in artifacts:
+        by_target.setdefault(_target_of(str(a)), []).append(Path(a))
+    groups = [sorted(g, key=lambda p: (rank.get(p.stem.rsplit("_", 1)[-1], 3), p.name))
+              for g in by_target.values() if len(g) > 1]
+    return [p for g in groups for p in g]
+
+
+def _bench_cli(ctx: StageContext, r: Recipe, artifacts, out: Path, *extra: str) -> None:
+    import subprocess
+    import sys
+
+    cfg = r["bench"]
     cmd = [sys.executable, "-m", "datprl_edge", "bench", *map(str, artifacts), "--json", str(out),
-           "--warmup", str(cfg["warmup"])]
+           "--warmup", str(cfg["warmup"]), *extra]
     cmd += ["--iters", str(cfg["iters"])] if cfg["iters"] else ["--seconds", str(cfg["seconds"])]
     for shape in cfg["shapes"]:
         cmd += ["--shape", str(shape)]
@@ -319,9 +348,6 @@ def bench_stage(ctx: StageContext, r: Recipe) -> dict:
 
         tail = (proc.stderr.strip().splitlines() or ["no message"])[-1]
         raise ArtifactError(f"the bench stage failed (exit code {proc.returncode}): {tail}")
-    results = json.loads(out.read_text(encoding="utf-8"))["results"]
-    ok = [x for x in results if x["status"] == "ok"]
-    return {"summary": f"{len(ok)} measurements, {len(results) - len(ok)} skipped (in a torch-free process)"}
 
 
 def macos_runnable(artifacts) -> list:

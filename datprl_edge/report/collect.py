@@ -32,9 +32,23 @@ class Artifact:
     def latency(self, shape) -> dict | None:
         """The measured bench result at `shape` on the chosen host (CPU first), or None."""
         ok = [r for r in self.bench if r.get("status") == "ok" and list(r.get("shape", [])) == list(shape)
-              and (self.host is None or r.get("host") == self.host)]
+              and (self.host is None or r.get("host") == self.host) and not r.get("paired")]
         ok.sort(key=lambda r: (str(r.get("device") or r.get("compute_units") or "") != "CPU",))
         return ok[0] if ok else None
+
+    def paired_speedup(self, paired: list, shape) -> tuple[str, dict] | None:
+        """(baseline artifact, its speed-up stats) from `bench --paired` comparisons at `shape` on the
+        chosen host; ("", {}) when this artifact was the baseline; None when it was not paired."""
+        for c in paired:
+            elsewhere = self.host is not None and c.get("host") != self.host
+            if elsewhere or list(c.get("shape", [])) != list(shape):
+                continue
+            if c.get("baseline") == self.name:
+                return "", {}
+            stats = (c.get("speedup_vs_baseline") or {}).get(self.name)
+            if stats:
+                return str(c["baseline"]), stats
+        return None
 
     def not_measured_reason(self) -> str:
         skipped = [r.get("message", "") for r in self.bench if r.get("status") != "ok"]
@@ -207,6 +221,8 @@ def _merge_bench(reports: list) -> dict | None:
     merged["results"] = [{**r, "host": host_label(rep.get("environment") or {})}
                          for rep in reports for r in rep.get("results", []) if isinstance(r, dict)]
     merged["environments"] = [rep.get("environment") for rep in reports]
+    merged["paired"] = [{**c, "host": host_label(rep.get("environment") or {})}
+                        for rep in reports for c in rep.get("paired") or [] if isinstance(c, dict)]
     return merged
 
 

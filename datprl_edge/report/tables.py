@@ -25,7 +25,9 @@ def artifacts_table(run: RunData, shape) -> Table:
     where = f"{shape[0]}x{shape[1]}" if shape else "-"
     ref = _reference(run)
     header = ["artifact", "target", "precision", "size", "export check", f"p50 ms @{where}", "p90 ms",
-              "img/s", "peak RSS MB", "mean PSNR dB", "mean SSIM", f"worst drop dB vs {ref or '-'}", "notes"]
+              "img/s", "peak RSS MB", "speed-up, paired", "mean PSNR dB", "mean SSIM",
+              f"worst drop dB vs {ref or '-'}", "notes"]
+    paired = (run.bench or {}).get("paired") or []
     rows = []
     for a in run.artifacts:
         lat = a.latency(shape) if shape else None
@@ -43,13 +45,27 @@ def artifacts_table(run: RunData, shape) -> Table:
         rows.append([a.name, a.target, a.precision, _size(a.size_bytes), _check(a.export),
                      _f(lat and lat["latency_ms"]["p50"]), _f(lat and lat["latency_ms"]["p90"]),
                      _f(lat and lat["throughput"]["images_per_s"], 1), _f(lat and lat.get("peak_rss_mb"), 0),
+                     _paired_cell(a.paired_speedup(paired, shape) if shape else None),
                      _f(mean.get("psnr")), _f(mean.get("ssim"), 4), _f(a.worst_drop(), 2, signed=True),
                      "; ".join(notes)])
     caption = ("Size: bytes on disk of the artifact's files (export stage). Export check: the artifact run "
                "in its runtime against the torch reference when the export stage verified it (worst-image "
-               "PSNR), else a structural check only. Latency: the bench stage. PSNR/SSIM: the eval stage, "
+               "PSNR), else a structural check only. Latency: the bench stage. Speed-up, paired: against "
+               "the baseline of its runtime (FP32 where exported), both run in one process interleaved run "
+               "by run (`bench --paired`): the median of the per-run ratios with its 95% interval, so a "
+               "drift in the machine's speed hits both sides of each ratio. PSNR/SSIM: the eval stage, "
                "means over tasks; worst drop: the largest per-task PSNR loss against the eval reference.")
-    return Table("artifacts", "Artifacts", caption, header, rows, numeric=tuple(range(3, 12)))
+    return Table("artifacts", "Artifacts", caption, header, rows, numeric=tuple(range(3, 13)))
+
+
+def _paired_cell(found) -> str:
+    if found is None:
+        return "-"
+    baseline, stats = found
+    if not baseline:
+        return "baseline"
+    lo, hi = stats["ci95"]
+    return f"{stats['median']:.2f}x ({lo:.2f}-{hi:.2f}) vs {baseline}"
 
 
 def latency_table(run: RunData) -> Table:
@@ -66,6 +82,7 @@ def latency_table(run: RunData) -> Table:
             continue
         lat = r["latency_ms"]
         status = "ok" + (f", tiled {r['tiled']['tiles']} tiles" if r.get("tiled") else "")
+        status += ", paired run (RSS of the shared process)" if r.get("paired") else ""
         rows.append([r["artifact"], r.get("host", ""), device, shape, _f(r.get("load_s"), 3),
                      _f(r.get("first_inference_ms"), 1),
                      _f(lat.get("min")), _f(lat.get("p50")), _f(lat.get("p90")), _f(lat.get("p99")),

@@ -107,14 +107,15 @@ def test_paired_bench_interleaves_artifacts_in_one_process(artifacts, no_torch, 
     assert f"paired 32x32: {other.name} vs {base.name}: " in proc.stdout
 
 
-def test_paired_bench_needs_two_artifacts_of_one_runtime(artifacts, no_torch, tmp_path):
+def test_paired_bench_groups_by_runtime_and_needs_a_pair(artifacts, no_torch, tmp_path):
+    onnx, static, ov = artifacts[("onnx", True)], artifacts[("onnx", False)], artifacts[("openvino", True)]
+    jobs, _ = plan_jobs([onnx, ov, static], BenchConfig(shapes=("32x32",), iters=1, paired=True))
+    assert [j.get("artifacts") for j in jobs] == [[str(onnx), str(static)], None]  # OpenVINO alone: unpaired
     out = tmp_path / "paired.json"
-    proc = run_cli(no_torch, "bench", artifacts[("onnx", True)], artifacts[("openvino", True)], "--paired",
-                   "--iters", "1", "--json", out)
-    assert error_line(proc) == ("datprl-edge: error: --paired times artifacts of one runtime in one process; "
-                                "got onnx, openvino (run one paired bench per runtime)")
-    proc = run_cli(no_torch, "bench", artifacts[("onnx", True)], "--paired", "--iters", "1", "--json", out)
-    assert "--paired compares two or more artifacts" in error_line(proc) and not out.exists()
+    proc = run_cli(no_torch, "bench", onnx, ov, "--paired", "--iters", "1", "--json", out)
+    assert error_line(proc) == ("datprl-edge: error: --paired compares two or more artifacts of one runtime; "
+                                "name the baseline first")
+    assert not out.exists()
 
 
 def test_paired_ratios_cancel_a_drift_that_hits_every_artifact():

@@ -262,3 +262,14 @@ def test_real_first_stages_skip_and_rerun_on_change(tmp_path):
     third = run_pipeline(parse_recipe(recipe), run, until="calib", log=lambda m: None)
     assert [o.result for o in third.outcomes] == ["skipped", "skipped", "ran"]
     assert read_stage(run, "calib")["info"]["totals"]["pairs"] == 2
+
+
+def test_paired_bench_order_puts_each_runtimes_fp32_first():
+    from datprl_edge.pipeline.driver import paired_order
+
+    names = ["s_coreml_fp16.mlpackage", "s_onnx_int8.onnx", "s_onnx_fp32.onnx", "s_openvino_int8.xml",
+             "s_openvino_fp32.xml", "s_openvino_fp16.xml"]
+    assert [p.name for p in paired_order([Path(n) for n in names])] == [
+        "s_onnx_fp32.onnx", "s_onnx_int8.onnx", "s_openvino_fp32.xml", "s_openvino_fp16.xml",
+        "s_openvino_int8.xml"]  # Core ML alone in its runtime: nothing to pair it with
+    assert paired_order([Path("s_onnx_int8.onnx"), Path("s_openvino_int8.xml")]) == []

@@ -345,3 +345,31 @@ def test_student_family_frontier_section(run_dir, tmp_path):
         assert "Student family: latency vs quality" in text and "frontier: edge-lat INT8 OpenVINO p50" in text
     assert "| edge-lat | 0.30 M | 0.263 | 8.9 | 6.4 | 612x | +1.61 | +1.52 | +1.52 | 9/9 |" in md
     assert 'alt="student family frontier plot"' in html  # the plot, from the same file
+
+
+def test_paired_speed_ups_join_the_artifacts_table(run_dir, tmp_path):
+    """A `bench --paired` report beside bench.json: its speed-ups fill the table's paired column, while
+    the latency columns still come from the per-artifact processes of bench.json."""
+    rows = [{"status": "ok", "artifact": name, "target": "onnx", "shape": [256, 256], "device": "CPU",
+             "tiled": None, "load_s": 0.1, "first_inference_ms": 1.0, "iterations": 50, "peak_rss_mb": 150.0,
+             "paired": True, "throughput": {"images_per_s": 1.0},
+             "latency_ms": {"min": 1.0, "mean": 99.0, "p50": 99.0, "p90": 99.0, "p99": 99.0, "max": 99.0,
+                            "std": 0.0}} for name in ("s_onnx_fp32.onnx", "s_onnx_int8.onnx")]
+    comparison = {"shape": [256, 256], "device": "CPU", "baseline": "s_onnx_fp32.onnx", "rounds": 50,
+                  "speedup_vs_baseline": {"s_onnx_int8.onnx": {"median": 1.23, "ci95": [1.2, 1.26],
+                                                               "quartiles": [1.1, 1.3], "p50_ratio": 1.22}}}
+    _write(run_dir / "bench" / "paired.json", {
+        "schema": "datprl-edge-bench/1", "created": "2026-01-01T00:00:00+0000",
+        "environment": {"cpu_model": "Test CPU 9000", "available_cpus": 2, "os": "Linux", "versions": {},
+                        "isa": "AVX2 without VNNI (test)"},
+        "settings": {"threads": 2, "paired": True}, "results": rows, "paired": [comparison]})
+    run = collect(run_dir)
+    int8 = next(a for a in run.artifacts if a.name == "s_onnx_int8.onnx")
+    assert int8.latency([256, 256])["latency_ms"]["p50"] == 10.0  # not the paired row's 99
+    md = build_report(run_dir, tmp_path / "r.html").html.with_suffix(".md").read_text()
+    int8_row = next(line for line in md.splitlines() if line.startswith("| s_onnx_int8.onnx |"))
+    fp32_row = next(line for line in md.splitlines() if line.startswith("| s_onnx_fp32.onnx |"))
+    assert "| 1.23x (1.20-1.26) vs s_onnx_fp32.onnx |" in int8_row and "| baseline |" in fp32_row
+    ov_row = next(line for line in md.splitlines() if line.startswith("| s_openvino_int8.xml |"))
+    assert "| 8.00 |" in ov_row and "| - |" in ov_row  # measured, but not paired with anything
+    assert "paired run (RSS of the shared process)" in md
