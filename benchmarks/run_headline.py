@@ -120,9 +120,9 @@ def suite_speedup(arts, threads) -> dict:
 
 def suite_int8(arts, threads) -> dict:
     """FP32 and INT8 of each runtime, two ways. The target figure: `bench --paired` (both artifacts in
-    one process, interleaved run by run; the median of the per-run ratios, with its 95% interval), which
-    a drift in this shared machine's speed (up to 2x over minutes) cancels out of. Also, as before,
-    SETTINGS["rounds"] short rounds of fresh processes: each round gives a ratio of mean latencies,
+    one process, interleaved run by run; the median of the per-run ratios, with its 95% interval), so a
+    drift in this shared machine's speed (up to 2x over minutes) hits both sides of each ratio. Also,
+    as before, SETTINGS["rounds"] short rounds of fresh processes: each round gives a ratio of mean latencies,
     the figure is their median, and every round is kept in the JSON."""
     import statistics
 
