@@ -183,8 +183,9 @@ def run_bench(artifacts, config: BenchConfig, *, command: str | None = None, pro
         try:
             result = run_worker(spec, timeout_s=config.timeout_s)
         except DatprlEdgeError as e:
-            names = spec.get("artifacts") or [spec["artifact"]]
-            results += [_failed({**spec, "artifact": a}, e) for a in names]
+            group = spec.get("artifacts")  # one failure stops the whole paired run
+            prefix = f"the paired run of {len(group)} artifacts failed: " if group else ""
+            results += [_failed({**spec, "artifact": a}, e, prefix) for a in group or [spec["artifact"]]]
             continue
         if result.get("paired"):
             results += result["results"]
@@ -208,11 +209,11 @@ def run_bench(artifacts, config: BenchConfig, *, command: str | None = None, pro
     return report
 
 
-def _failed(spec: dict, error: Exception) -> dict:
+def _failed(spec: dict, error: Exception, prefix: str = "") -> dict:
     path = Path(spec["artifact"])
     entry = {"status": "error", "artifact": path.name, "path": str(path), "target": spec.get("target"),
              "shape": list(spec["shape"]), "error_type": type(error).__name__,
-             "message": " ".join(str(error).split())}
+             "message": prefix + " ".join(str(error).split())}
     for key in ("device", "compute_units"):
         if spec.get(key):
             entry[key] = spec[key]

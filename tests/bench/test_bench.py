@@ -118,6 +118,18 @@ def test_paired_bench_groups_by_runtime_and_needs_a_pair(artifacts, no_torch, tm
     assert not out.exists()
 
 
+def test_a_damaged_artifact_fails_its_paired_run_in_one_line(artifacts, no_torch, tmp_path):
+    bad = tmp_path / "bad_onnx_fp32.onnx"
+    bad.write_bytes(b"not a model")
+    out = tmp_path / "paired.json"
+    proc = run_cli(no_torch, "bench", artifacts[("onnx", True)], bad, "--paired", "--iters", "1",
+                   "--json", out)
+    line = error_line(proc)
+    assert line.startswith("datprl-edge: error: the paired run of 2 artifacts failed: ") and bad.name in line
+    assert [r["status"] for r in json.loads(out.read_text())["results"]] == ["error", "error"]
+    assert bad.read_bytes() == b"not a model"
+
+
 def test_paired_ratios_cancel_a_drift_that_hits_every_artifact():
     from datprl_edge.bench.worker import paired_ratios
 
