@@ -140,17 +140,18 @@ def measure_paired(spec: dict) -> dict:
         for art in arts:
             art.step()
     times = [[] for _ in arts]
-    iters, seconds = spec.get("iters"), spec.get("seconds")
-    deadline = None if iters else time.perf_counter() + float(seconds) * len(arts)
-    rounds, clock = 0, cpu_clock()
-    while (rounds < int(iters) if iters else
-           (rounds < spec.get("min_iters", 3) or time.perf_counter() < deadline)):
-        order = range(len(arts)) if rounds % 2 == 0 else reversed(range(len(arts)))
+
+    def one_round():
+        order = range(len(arts)) if len(times[0]) % 2 == 0 else reversed(range(len(arts)))
         for i in order:
             t0 = time.perf_counter()
             arts[i].step()
             times[i].append((time.perf_counter() - t0) * 1e3)
-        rounds += 1
+
+    seconds = spec.get("seconds")
+    clock = cpu_clock()
+    timed_loop(one_round, spec.get("iters"), None if seconds is None else float(seconds) * len(arts),
+               spec.get("min_iters", 3))
     share = cpu_share_between(clock, cpu_clock())
     results = [art.result(spec, t, share) for art, t in zip(arts, times)]
     for r in results:

@@ -294,14 +294,15 @@ def bench_stage(ctx: StageContext, r: Recipe) -> dict:
     import json
 
     artifacts = artifact_paths(ctx.stage_dir("export"))
-    if not macos_runnable(artifacts):
+    runnable = macos_runnable(artifacts)
+    if not runnable:
         return {"summary": "nothing could be benchmarked here: Core ML prediction needs macOS"}
     out = ctx.out / "bench.json"
     _bench_cli(ctx, r, artifacts, out)
     results = json.loads(out.read_text(encoding="utf-8"))["results"]
     ok = [x for x in results if x["status"] == "ok"]
     summary = f"{len(ok)} measurements, {len(results) - len(ok)} skipped (in a torch-free process)"
-    pairs = paired_order(macos_runnable(artifacts))
+    pairs = paired_order(runnable)
     if pairs:
         _bench_cli(ctx, r, pairs, ctx.out / "paired.json", "--paired")
         comparisons = json.loads((ctx.out / "paired.json").read_text(encoding="utf-8")).get("paired", [])
