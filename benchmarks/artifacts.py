@@ -5,6 +5,10 @@
   `bundled:edge-xs` when the toolkit ships it, else a randomly initialised edge-xs (same graph, same
   cost). INT8 comes from the shipped QAT weights `weights/edge-xs-int8-<target>.safetensors` when
   present, else post-training quantization (0 QAT steps) on calibration pairs of the `all` recipe.
+- The student folded for one deployed task (`build_folded`: the prompts baked into the convs for
+  the task, e.g. medical/ct_denoise for a CT console), OpenVINO FP32 and INT8, exactly what
+  `datprl-edge export --target openvino --precision fp32,int8 --task T --calibration RECIPE` writes:
+  INT8 by post-training quantization of the folded float student on the recipe's pairs.
 - The released 6T full model (restormer-6t, 53.1 M parameters) in OpenVINO FP32: random weights
   (timing only), `openvino.convert_model(module, example_input=...)` at 1x3x256x256.
 """
@@ -105,6 +109,42 @@ def build_student(out: Path, log=print, name: str = "edge-xs", targets=("onnx", 
                 export_model(qat, ExportConfig(targets=(target,), precision="int8", **small), out)
         sources_file.write_text(json.dumps(wanted, indent=2) + "\n")
     return {"name": name, "paths": {k: str(v) for k, v in paths.items()}, "sources": wanted}
+
+
+# the deployed task of a suite's folded artifacts, and the calibration recipe of that deployment
+DEPLOYMENTS = {"ct_512": ("medical/ct_denoise", "medical-scanner"), "frame_4k": ("remote/dehaze", "drone")}
+
+
+def build_folded(out: Path, task: str, calibration: str, name: str = "edge-xs", log=print) -> dict:
+    """OpenVINO FP32 + INT8 of the student `name` folded for `task` (the export stage's `--task` path,
+    INT8 from PTQ on `calibration`), reused while sources-NAME-TASK.json still names the same source."""
+    from datprl_edge.core.artifacts import artifact_stem, safe_name
+    from datprl_edge.export.config import ExportConfig
+    from datprl_edge.export.driver import export_model
+    from datprl_edge.sources import export_sources
+
+    out.mkdir(parents=True, exist_ok=True)
+    stem = safe_name(f"{name}-{task}")  # the export stage's name for a folded artifact
+    paths = {f"openvino_{p}": out / f"{artifact_stem(stem, 'openvino', p)}.xml" for p in ("fp32", "int8")}
+    command = (f"datprl-edge export bundled:{name} --target openvino --precision fp32,int8 --task {task} "
+               f"--calibration {calibration}")
+    wanted = {"fp32": f"{student_description(name)}; folded for {task} on calibration recipe {calibration!r}",
+              "int8": f"post-training quantization of the folded float student (recipe {calibration!r})",
+              "command": command}
+    sources_file = out / f"sources-{stem}.json"
+    old = json.loads(sources_file.read_text()) if sources_file.exists() else {}
+    if old != wanted or not all(p.exists() for p in paths.values()):
+        if not (WEIGHTS / f"{name}.safetensors").exists():
+            raise SystemExit(f"folding needs trained weights: bundled:{name} is not shipped")
+        log(f"folding {name} for {task} and exporting it (openvino fp32, int8): {command}")
+        config = ExportConfig(targets=("openvino",), precision="fp32,int8", task=task,
+                              calibration=calibration, verify_images=2, verify_size=(96, 128),
+                              model_name=name, overwrite=True)
+        for part, model, _ in export_sources(f"bundled:{name}", config):
+            export_model(model, part, out)
+        sources_file.write_text(json.dumps(wanted, indent=2) + "\n")
+    return {"name": stem, "task": task, "calibration": calibration,
+            "paths": {k: str(v) for k, v in paths.items()}, "sources": wanted}
 
 
 def build_full_model(out: Path, size: int = 256, log=print) -> dict:

@@ -220,13 +220,44 @@ def quantize_for_target(float_model, qat, target: str, config):
     from datprl_edge.quantize.qat import QATConfig, run_qat
 
     calib, described = calibration_data(config.calibration or "all", float_model)
-    # val_images=0: the export's own verification is the parity check; QAT's metrics are not needed
-    qconfig = QATConfig(target=target, steps=config.qat_steps, val_images=0)
+    tasks = (config.task,) if config.task else _calibration_tasks(config.calibration or "all")
+    val = drop_pairs(tasks, float_model, search=False)
+    search = drop_pairs(tasks, float_model, search=True) if config.max_drop is not None else None
+    # val_images=0: the held-out pairs are `val` (the task's val split), never calibration crops
+    qconfig = QATConfig(target=target, steps=config.qat_steps, val_images=0, max_drop=config.max_drop)
     with _quiet_torch():
-        result = run_qat(float_model, qconfig, calib)
+        result = run_qat(float_model, qconfig, calib, val=val, search_val=search)
     how = ("post-training quantization (0 QAT steps)" if config.qat_steps == 0
            else f"quantization-aware training ({config.qat_steps} steps)")
+    if config.max_drop is not None:
+        layers = ", ".join(result.float_layers) or "none"
+        how += f", --max-drop {config.max_drop:g} dB (float layers: {layers})"
     return result, f"{how} of the float model with the {target} quantizer on {described}"
+
+
+DROP_PAIRS, DROP_SIZE = 8, 128  # per task: enough to see a 0.1 dB drop, cheap enough for every export
+DROP_DESCRIPTION = f"{DROP_PAIRS} held-out val pairs of {DROP_SIZE} px per task"
+
+
+def drop_pairs(tasks, model, search: bool):
+    """{task: (lq, gt)} the INT8 drop against the float model is measured on: the task's held-out 'val'
+    pairs, or (`search`) 'train' pairs apart from them for the `--max-drop` search. None where the
+    data stage is missing or the model does not take 3-channel images."""
+    if not tasks or int(getattr(model, "img_channel", 3)) != 3:
+        return None
+    try:
+        from datprl_edge.quantize.inputs import search_pairs, validation_pairs
+    except ImportError:
+        return None
+    make = search_pairs if search else validation_pairs
+    return make(list(tasks), DROP_PAIRS, DROP_SIZE)
+
+
+def _calibration_tasks(spec: str) -> tuple:
+    try:
+        return tuple(calibration_set(spec).tasks)
+    except ImportError:
+        return ()
 
 
 _SETS: dict = {}

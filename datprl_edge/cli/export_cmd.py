@@ -41,6 +41,9 @@ def register(subparsers):
                         "for verification, recipe 'all' otherwise)")
     p.add_argument("--qat-steps", type=int, metavar="N",
                    help="INT8 from a float model: QAT steps (0 = post-training quantization, the default)")
+    p.add_argument("--max-drop", type=float, metavar="DB",
+                   help="INT8 from a float model: keep the most sensitive layers float until its worst-task "
+                        "PSNR drop against the float model (held-out pairs) is at most DB; fails otherwise")
     p.add_argument("--tile", type=int, metavar="N", help="recommended tile size stored in the metadata (256)")
     p.add_argument("--overlap", type=int, metavar="N", help="recommended tile overlap (16)")
     p.add_argument("--compute-units", metavar="U", help=f"Core ML: {', '.join(COMPUTE_UNITS)}")
@@ -71,7 +74,7 @@ def run(args) -> int:
     elif args.dynamic:
         fields["shapes"] = ()
     for key, value in (("precision", args.precision), ("task", args.task), ("calibration", args.calibration),
-                       ("qat_steps", args.qat_steps), ("tile_size", args.tile),
+                       ("qat_steps", args.qat_steps), ("max_drop", args.max_drop), ("tile_size", args.tile),
                        ("tile_overlap", args.overlap), ("compute_units", args.compute_units),
                        ("verify_images", args.verify_images)):
         if value is not None:
@@ -113,4 +116,8 @@ def format_reports(reports) -> str:
             notes.append(f"{r.path.name}: {v.note}")
         if r.notes.get("int8_source"):
             notes.append(f"{r.path.name}: INT8 from {r.notes['int8_source']}")
+        drop = r.notes.get("int8_drop_db")
+        if drop:
+            per = ", ".join(f"{t} {d:+.3f}" for t, d in drop["tasks"].items())
+            notes.append(f"{r.path.name}: PSNR drop against the float model, {drop['pairs']}: {per} dB")
     return format_table(rows) + "".join(f"\n{n}" for n in notes)

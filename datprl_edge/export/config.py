@@ -33,6 +33,7 @@ class ExportConfig:
     verify_size: tuple = (100, 124)
     calibration: str | None = None
     qat_steps: int = 0
+    max_drop: float | None = None  # dB: the sensitivity search keeps layers float until INT8 meets it
     compute_units: str = COMPUTE_UNITS[0]
     source_sha256: str | None = None
     profile: str | None = None
@@ -57,6 +58,9 @@ class ExportConfig:
             _positive(getattr(self, name), name)
         _positive(self.tile_overlap, "tile_overlap", minimum=0)
         _positive(self.qat_steps, "qat_steps", minimum=0)
+        md = self.max_drop
+        if md is not None and (isinstance(md, bool) or not isinstance(md, (int, float)) or not 0 <= md <= 10):
+            raise ConfigError(f"--max-drop is a PSNR budget in dB (0..10, e.g. 0.1), got {md!r}")
         if self.tile_overlap * 2 >= self.tile_size:
             raise ConfigError(f"tile overlap {self.tile_overlap} must be less than half the tile size "
                               f"{self.tile_size}")

@@ -37,11 +37,13 @@ from datprl_edge.export.verify import (
     check_context,
     check_exact_int8,
     compare_outputs,
+    int8_drop,
     max_abs_diff,
     structural_only,
+    warn_drop,
 )
 from datprl_edge.io.atomic import check_output_dir, partial_dir, swap_in
-from datprl_edge.sources import fold_for_task, quantize_for_target, verification_images
+from datprl_edge.sources import DROP_DESCRIPTION, fold_for_task, quantize_for_target, verification_images
 
 __all__ = ["ExportConfig", "ArtifactReport", "export_model"]
 
@@ -205,34 +207,53 @@ def export_model(model, config: ExportConfig, out_dir, *, progress=None) -> list
             float_model, fold_notes = fold_for_task(float_model, config.task, config.calibration)
     images = verification_images(config, channels)
     routing = _routing_table(float_model, qat, config, progress)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cache: dict = {}
-    reports, failures = [], []
-    for spec, precision in plan:
-        if progress:
-            progress(f"exporting {spec.name} {precision}")
-        quant, int8_source = (None, None)
-        layout = context_layout(float_model) if float_model is not None else []
-        if precision == "int8":
-            quant, int8_source = quantize_for_target(float_model, qat, spec.name, config)
-            layout = [tuple(e) for e in getattr(quant, "context_layout", None) or []]
-        meta = build_metadata(
-            model_name=name, target=spec.name, precision=precision,
-            tasks=[config.task] if config.task else _folded_tasks(float_model, qat),
-            pad_multiple=pad_multiple, img_channel=channels,
-            tile_size=config.tile_size, tile_overlap=config.tile_overlap, source_sha256=config.source_sha256,
-            shapes=format_shapes(config.shapes), context_layout=layout,
-            extra={**_target_extra(spec, precision, config, pad_multiple, quant), **routing})
-        job = ExportJob(module=float_model, target=spec.name, precision=precision, shapes=list(config.shapes),
-                        metadata=meta, channels=channels, pad_multiple=pad_multiple,
-                        tile_size=config.tile_size, compute_units=config.compute_units, quant=quant,
-                        cache=cache, notes=dict(fold_notes), context_layout=list(layout))
-        report = _export_one(spec, job, images, out_dir, stems[(spec.name, precision)], int8_source)
-        (reports if report.passed else failures).append(report)
-    if failures:
-        text = "; ".join(f"{r.path.name}: {_failure(r.verification)}" for r in failures)
-        raise VerificationError(f"export verification failed, artifact not kept: {text}")
+    with _new_folder(out_dir):
+        cache: dict = {}
+        reports, failures = [], []
+        for spec, precision in plan:
+            if progress:
+                progress(f"exporting {spec.name} {precision}")
+            quant, int8_source, drop = None, None, None
+            layout = context_layout(float_model) if float_model is not None else []
+            if precision == "int8":
+                quant, int8_source = quantize_for_target(float_model, qat, spec.name, config)
+                layout = [tuple(e) for e in getattr(quant, "context_layout", None) or []]
+                drop = int8_drop(quant, float_model is not None and qat is None, DROP_DESCRIPTION)
+                warn_drop(progress, spec.name, drop, config)
+            meta = build_metadata(
+                model_name=name, target=spec.name, precision=precision,
+                tasks=[config.task] if config.task else _folded_tasks(float_model, qat),
+                pad_multiple=pad_multiple, img_channel=channels,
+                tile_size=config.tile_size, tile_overlap=config.tile_overlap,
+                source_sha256=config.source_sha256,
+                shapes=format_shapes(config.shapes), context_layout=layout,
+                extra={**_target_extra(spec, precision, config, pad_multiple, quant), **routing})
+            job = ExportJob(module=float_model, target=spec.name, precision=precision,
+                            shapes=list(config.shapes), metadata=meta, channels=channels,
+                            pad_multiple=pad_multiple,
+                            tile_size=config.tile_size, compute_units=config.compute_units, quant=quant,
+                            cache=cache, notes=dict(fold_notes), context_layout=list(layout))
+            if precision == "int8" and drop:
+                job.notes["int8_drop_db"] = drop
+            report = _export_one(spec, job, images, out_dir, stems[(spec.name, precision)], int8_source)
+            (reports if report.passed else failures).append(report)
+        if failures:
+            text = "; ".join(f"{r.path.name}: {_failure(r.verification)}" for r in failures)
+            raise VerificationError(f"export verification failed, artifact not kept: {text}")
     return reports
+
+
+@contextlib.contextmanager
+def _new_folder(path: Path):
+    """Create `path` if missing; a failed export removes it again when it left it empty."""
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if created and not any(path.iterdir()):
+            path.rmdir()
+        raise
 
 
 def _failure(v) -> str:

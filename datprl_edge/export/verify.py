@@ -110,3 +110,26 @@ def check_context(verification: Verification, ref, out, ref_own, out_own) -> Ver
 def structural_only(precision: str, reference: str, note: str) -> Verification:
     return Verification(precision=precision, reference=reference, numerics_checked=False, passed=True,
                         threshold_db=MIN_PSNR_DB[precision], note=note)
+
+
+INT8_DROP_WARN_DB = 0.1  # dB: the INT8 drop against FP32 this toolkit holds its shipped weights to
+
+
+def warn_drop(progress, target: str, drop, config) -> None:
+    """One warning line through `progress` when `drop` (`int8_drop`) is over INT8_DROP_WARN_DB and no
+    --max-drop budget was asked for."""
+    if drop and progress and drop["worst"] > INT8_DROP_WARN_DB and config.max_drop is None:
+        progress(f"warning: {target} INT8 loses {drop['worst']:.2f} dB against the float model on "
+                 f"{drop['worst_task']} ({drop['pairs']}); export again with --max-drop "
+                 f"{INT8_DROP_WARN_DB:g} (keeps the most sensitive layers float) or --qat-steps N")
+
+
+def int8_drop(quant, from_float: bool, pairs: str) -> dict | None:
+    """{tasks: {task: dB}, worst, worst_task, pairs} of an INT8 result made here from a float model:
+    its PSNR drop against that model on `pairs` (`sources.drop_pairs`); None otherwise."""
+    d = (getattr(quant, "metrics", None) or {}).get("drop_db") if from_float else None
+    if not d:
+        return None
+    tasks = {t: round(float(v), 4) for t, v in d["tasks"].items()}
+    worst = max(tasks, key=tasks.get)
+    return {"tasks": tasks, "worst": tasks[worst], "worst_task": worst, "pairs": pairs}

@@ -265,6 +265,12 @@ def _check_budget(config: QATConfig, sensitivity: dict, metrics: dict) -> None:
     validation pairs; otherwise QualityBudgetError (nothing is saved) unless `best_effort`."""
     held = (metrics.get("drop_db") or {}).get("worst")
     sensitivity["held_out_worst_db"] = held
+    if sensitivity.get("all_float") and not config.best_effort:
+        raise QualityBudgetError(
+            f"--max-drop {config.max_drop:g} dB is met for {config.target} only with every quantizable layer "
+            f"float, which leaves no INT8 (with none float the worst-task drop is "
+            f"{sensitivity['rounds'][0]['drop_worst']:.2f} dB); raise --max-drop, train the INT8 model "
+            "(--qat-steps / --steps), or export FP32")
     sensitivity["within_budget_held_out"] = held is None or held <= config.max_drop
     met = sensitivity["within_budget"] and sensitivity["within_budget_held_out"]
     sensitivity["met"] = met

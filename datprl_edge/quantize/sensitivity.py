@@ -101,7 +101,8 @@ def search(base, config, example, batches, val, fp32, user_float, build, say):
               "proxy_drop_all_int8": float(full),
               "ranking": [[layer, g] for layer, g in ranking], "proxy_greedy": trace, "rounds": rounds,
               "chosen_round": next(i for i, r in enumerate(rounds) if r["float_layers"] == list(floats)),
-              "within_budget": min(r["drop_worst"] for r in rounds) <= config.max_drop}
+              "within_budget": min(r["drop_worst"] for r in rounds) <= config.max_drop,
+              "all_float": len(floats) == len(quantizable_layers(base))}
     return prepared, floats, report
 
 

@@ -230,6 +230,26 @@ def test_unmet_budget_fails_unless_best_effort(student, onnx_ptq, monkeypatch):
     assert kept.metrics["sensitivity"]["met"] is False
 
 
+def test_a_budget_met_only_with_every_layer_float_leaves_no_int8(student, onnx_ptq, monkeypatch):
+    from datprl_edge.core.errors import QualityBudgetError
+    from datprl_edge.quantize import sensitivity
+    from datprl_edge.quantize.scope import quantizable_layers
+
+    if onnx_ptq.metrics["drop_db"]["worst"] <= 0:
+        pytest.skip("INT8 is exact on these pairs: every budget is met with no float layer")
+    layers = quantizable_layers(student)
+    monkeypatch.setattr(sensitivity, "greedy_count", lambda *a, **k: (len(layers), []))
+    monkeypatch.setattr(sensitivity, "MAX_ROUNDS", 2)  # all-INT8, then every layer float
+    probe = run_qat(student, _cfg("onnx", steps=0, max_drop=0.0, best_effort=True), _calib(), val=VAL)
+    rounds = probe.metrics["sensitivity"]["rounds"]
+    assert rounds[1]["float_layers"] == layers
+    budget = max(rounds[1]["drop_worst"], probe.metrics["drop_db"]["worst"], 0.0) + 1e-6
+    if budget >= rounds[0]["drop_worst"]:
+        pytest.skip("floating every layer does not beat all-INT8 on these pairs")
+    with pytest.raises(QualityBudgetError, match="only with every quantizable layer float, which leaves no"):
+        run_qat(student, _cfg("onnx", steps=0, max_drop=budget), _calib(), val=VAL)
+
+
 def test_resume_continues_from_saved_state(student, onnx_ptq, tmp_path):
     from datprl_edge.quantize.loop import as_pairs, train
 
