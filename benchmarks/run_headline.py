@@ -421,7 +421,9 @@ def speedup_limits(doc: dict, t: dict, results_dir: Path) -> str:
 
 
 def frame_limits(doc: dict, t: dict) -> str:
-    tiled = [r for r in ok_rows(doc) if r.get("tiled")]
+    timed_alone = {**doc, "bench": [rep for rep in doc.get("bench", [])
+                                    if not rep.get("settings", {}).get("paired")]}
+    tiled = [r for r in ok_rows(timed_alone) if r.get("tiled")]
     rows = [r for r in tiled if r.get("precision") == "int8"] or tiled
     folded = (doc.get("figures", {}).get("best_int8") or {}).get("artifact")
     if folded:  # the rows of the artifact this target is about
