@@ -227,27 +227,31 @@ def int8_drops(per_task: dict) -> dict:
     """For each `*-int8` variant present on every task: the student's mean PSNR minus the variant's per
     task, the paired standard error of that difference (per-image differences, same images), and the
     worst task."""
-    import numpy as np
-
-    from datprl_edge.core.metrics import PSNR_CAP_DB, mean_psnr
-
     labels = [lab for lab in next(iter(per_task.values()))["models"]
               if lab.startswith("variant:") and lab.endswith(INT8_SUFFIX)
               and all(lab in v["models"] for v in per_task.values())]
     out = {}
     for lab in labels:
-        tasks = {}
-        for t, v in per_task.items():
-            ref, got = v["models"]["student"]["per_image_psnr"], v["models"][lab]["per_image_psnr"]
-            d = np.minimum(ref, PSNR_CAP_DB) - np.minimum(got, PSNR_CAP_DB)
-            se = float(np.std(d, ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
-            tasks[t] = {"drop_db": _r(mean_psnr(ref) - mean_psnr(got)), "se_db": _r(se),
-                        "worst_image_drop_db": _r(np.max(d), 3)}
+        tasks = {t: paired_drop(v["models"]["student"]["per_image_psnr"], v["models"][lab]["per_image_psnr"])
+                 for t, v in per_task.items()}
         worst = max(tasks, key=lambda t: tasks[t]["drop_db"])
         out[lab] = {"spec": next(iter(per_task.values()))["models"][lab]["spec"], "tasks": tasks,
                     "worst_task": worst, "worst_drop_db": tasks[worst]["drop_db"],
                     "worst_se_db": tasks[worst]["se_db"]}
     return out
+
+
+def paired_drop(ref, got) -> dict:
+    """The mean-PSNR drop of `got` against `ref` (per-image PSNRs of the same images), the paired
+    standard error of that drop and the worst image's drop, each image capped at PSNR_CAP_DB."""
+    import numpy as np
+
+    from datprl_edge.core.metrics import PSNR_CAP_DB, mean_psnr
+
+    d = np.minimum(ref, PSNR_CAP_DB) - np.minimum(got, PSNR_CAP_DB)
+    se = float(np.std(d, ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
+    return {"drop_db": _r(mean_psnr(ref) - mean_psnr(got)), "se_db": _r(se),
+            "worst_image_drop_db": _r(np.max(d), 3)}
 
 
 def summary_lines(report: dict) -> list:

@@ -243,14 +243,15 @@ def drop_pairs(tasks, model, search: bool):
     """{task: (lq, gt)} the INT8 drop against the float model is measured on: the task's held-out 'val'
     pairs, or (`search`) 'train' pairs apart from them for the `--max-drop` search. None where the
     data stage is missing or the model does not take 3-channel images."""
+    from datprl_edge.quantize.inputs import search_pairs, validation_pairs
+
     if not tasks or int(getattr(model, "img_channel", 3)) != 3:
         return None
-    try:
-        from datprl_edge.quantize.inputs import search_pairs, validation_pairs
-    except ImportError:
-        return None
     make = search_pairs if search else validation_pairs
-    return make(list(tasks), DROP_PAIRS, DROP_SIZE)
+    try:
+        return make(list(tasks), DROP_PAIRS, DROP_SIZE)
+    except ImportError:  # an install without the data stage (its modules import on first use)
+        return None
 
 
 def _calibration_tasks(spec: str) -> tuple:
