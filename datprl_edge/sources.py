@@ -232,6 +232,10 @@ def quantize_for_target(float_model, qat, target: str, config):
     if config.max_drop is not None:
         layers = ", ".join(result.float_layers) or "none"
         how += f", --max-drop {config.max_drop:g} dB (float layers: {layers})"
+    skipped = result.metrics.get("calibration_crops_skipped")
+    if skipped:
+        how += (f", {skipped} calibration crop(s) left out (the float model clamps its activations on them, "
+                "models.bounds)")
     return result, f"{how} of the float model with the {target} quantizer on {described}"
 
 

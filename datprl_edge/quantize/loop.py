@@ -109,9 +109,33 @@ def _fit(t: torch.Tensor, size: int) -> torch.Tensor:
     return t
 
 
-def calibration_batches(pairs: list[Pair], count: int, batch: int, crop: int, seed: int):
+def calibration_batches(pairs: list[Pair], count: int, batch: int, crop: int, seed: int, keep=None):
+    """(`count` batches of random crops, how many crops `keep` turned down). `keep(x)` -> (B,) bool;
+    a crop it turns down is replaced by a later draw (at most `count` more batches are drawn), so a
+    batch can come out smaller. Without turned-down crops the batches are those of `keep=None`."""
     gen = torch.Generator().manual_seed(seed + 1)
-    return [random_batch(pairs, batch, crop, gen)[0] for _ in range(count)]
+    batches = [random_batch(pairs, batch, crop, gen)[0] for _ in range(count)]
+    if keep is None:
+        return batches, 0
+    masks = [keep(b) for b in batches]
+    skipped = sum(int((~m).sum()) for m in masks)
+    spare: list = []
+    for _ in range(count if skipped else 0):
+        if len(spare) >= skipped:
+            break
+        extra = random_batch(pairs, batch, crop, gen)[0]
+        spare += list(extra[keep(extra)])
+    out = []
+    for b, m in zip(batches, masks):
+        kept = list(b[m])
+        while len(kept) < len(b) and spare:
+            kept.append(spare.pop(0))
+        if kept:
+            out.append(torch.stack(kept))
+    if not out:
+        raise ConfigError("every calibration crop drives the float model far outside its activation bounds "
+                          "(models.bounds); calibrate on images of the tasks it was trained for")
+    return out, skipped
 
 
 def run_padded(module, x: torch.Tensor, multiple: int) -> torch.Tensor:

@@ -150,7 +150,7 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
     the kept training step is chosen on (required then). `state_dir`: resumable training state.
     `log(message)` receives progress lines.
     """
-    from datprl_edge.models.bounds import set_act_bounds
+    from datprl_edge.models.bounds import OUT_OF_RANGE, set_act_bounds, within_bounds
     from datprl_edge.models.context import context_layout
     from datprl_edge.models.registry import model_config
     from datprl_edge.quantize.loop import (
@@ -171,8 +171,12 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
 
     if not hasattr(model, "state_dict"):
         raise ConfigError("run_qat needs a torch model (nn.Module)")
+    # `bounded`: the FP32 model as exported, clamps included (models.bounds): the reference the INT8
+    # model is distilled from and scored against. `base`, without them, is quantized: its fake-quant
+    # ranges bound the activations, calibrated on crops the float model runs within its bounds.
+    bounded = copy.deepcopy(model).eval()
     base = copy.deepcopy(model).eval()
-    set_act_bounds(base, None)  # fake-quant ranges bound the activations (models.bounds)
+    set_act_bounds(base, None)
     try:
         arch, options = model_config(base)
     except Exception:
@@ -185,10 +189,13 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
     float_layers = check_float_layers(base, config.float_layers)
     layout = [[name, int(size)] for name, size in context_layout(base)] if config.context else []
     example = example_inputs(base, config.example_size, with_context=bool(layout))
-    batches = calibration_batches(train_pairs, config.calib_batches, config.batch_size, config.crop,
-                                  config.seed)
-    ref = base if teacher is None else (copy.deepcopy(teacher).eval() if teacher.training else teacher)
+    batches, skipped = calibration_batches(train_pairs, config.calib_batches, config.batch_size, config.crop,
+                                           config.seed, keep=lambda x: within_bounds(bounded, x))
+    ref = bounded if teacher is None else (copy.deepcopy(teacher).eval() if teacher.training else teacher)
     say = log or (lambda _msg: None)
+    if skipped:
+        say(f"left {skipped} calibration crop(s) out: the float model runs them only through its "
+            f"activation clamps (a conv past {OUT_OF_RANGE:g}x its bound)")
     qm = quant_module(config.target)
     if config.freeze_observers_at is None:  # recorded as the value used
         config = dataclasses.replace(config, freeze_observers_at=freeze_fraction(config))
@@ -198,7 +205,7 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
         if not search_val:
             raise ConfigError("select_every needs selection pairs apart from the reported ones (search_val, "
                               "e.g. quantize.inputs.search_pairs)")
-        search_ref = evaluate(base, search_val, multiple)
+        search_ref = evaluate(bounded, search_val, multiple)
 
         def select(prepared, ref=search_ref):  # lower is better: the worst-task drop on the selection pairs
             return drops(ref, evaluate(prepared, search_val, multiple))["worst"]
@@ -225,7 +232,7 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
         if step % max(1, config.steps // 10) == 0:
             say(f"step {step}/{config.steps} loss {loss:.5f}")
 
-    fp32 = evaluate(base, val, multiple) if val else {}
+    fp32 = evaluate(bounded, val, multiple) if val else {}
     sensitivity = None
     if config.max_drop is not None:
         search_val = search_val or val
@@ -237,7 +244,7 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
         if search_val is val:
             search_ref = fp32
         elif search_ref is None:
-            search_ref = evaluate(base, search_val, multiple)
+            search_ref = evaluate(bounded, search_val, multiple)
         prepared, float_layers, sensitivity = search(base, config, example, batches, search_val, search_ref,
                                                      float_layers, build, say)
         sensitivity["decided_on"] = "the reported validation pairs" if search_val is val else "separate pairs"
@@ -245,13 +252,14 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
         say(f"preparing {config.target} ({qm.STACK})")
         prepared = build(float_layers)
     source = "held-out calibration" if isinstance(val, _HeldOut) else "given"
-    metrics = {"val_source": source if val else "none"}
+    metrics = {"val_source": source if val else "none", "calibration_crops_skipped": skipped}
     if selection:
         metrics["selection"] = dict(selection)
     if val:
         quant = evaluate(prepared, val, multiple)
+        fidelity = evaluate(prepared, fp32_outputs(bounded, val, multiple), multiple)
         metrics.update({"psnr_fp32": fp32, "psnr_int8": quant, "drop_db": drops(fp32, quant),
-                        "psnr_int8_vs_fp32": evaluate(prepared, fp32_outputs(base, val, multiple), multiple)})
+                        "psnr_int8_vs_fp32": fidelity})
     if sensitivity is not None:
         metrics["sensitivity"] = sensitivity
         _check_budget(config, sensitivity, metrics)
