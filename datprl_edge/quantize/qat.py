@@ -3,7 +3,9 @@
 `run_qat(model, QATConfig(target=...), calib)` prepares a fake-quant copy with the target's
 quantizer (`quantize/<target>.py`), calibrates its ranges on the calibration images, and,
 for steps > 0, fine-tunes it against the FP32 model's (or a teacher's) output. `steps=0` is the
-post-training (PTQ) baseline. `max_drop` runs the sensitivity search (`sensitivity.py`) that keeps
+post-training (PTQ) baseline. Calibration skips crops the float model runs only through its
+activation clamps (`models.bounds.within_bounds`); the INT8 model is distilled from and scored against
+the model as exported, clamps included. `max_drop` runs the sensitivity search (`sensitivity.py`) that keeps
 the most sensitive layers in float. `save_qat` / `load_qat` store the prepared state as a
 stage-"qat" checkpoint that rebuilds by re-running the same prepare on the base model.
 """
