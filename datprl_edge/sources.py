@@ -232,11 +232,12 @@ def quantize_for_target(float_model, qat, target: str, config):
     if config.max_drop is not None:
         layers = ", ".join(result.float_layers) or "none"
         how += f", --max-drop {config.max_drop:g} dB (float layers: {layers})"
+    how = f"{how} of the float model with the {target} quantizer on {described}"
     skipped = result.metrics.get("calibration_crops_skipped")
     if skipped:
-        how += (f", {skipped} calibration crop(s) left out (the float model clamps its activations on them, "
-                "models.bounds)")
-    return result, f"{how} of the float model with the {target} quantizer on {described}"
+        how += (f"; {skipped} calibration crop(s) left out (the float model runs them only through its "
+                "activation clamps, models.bounds)")
+    return result, how
 
 
 DROP_PAIRS, DROP_SIZE = 8, 128  # per task: enough to see a 0.1 dB drop, cheap enough for every export
