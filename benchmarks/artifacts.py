@@ -115,9 +115,11 @@ def build_student(out: Path, log=print, name: str = "edge-xs", targets=("onnx", 
 DEPLOYMENTS = {"ct_512": ("medical/ct_denoise", "medical-scanner"), "frame_4k": ("remote/dehaze", "drone")}
 
 
-def build_folded(out: Path, task: str, calibration: str, name: str = "edge-xs", log=print) -> dict:
+def build_folded(out: Path, task: str, calibration: str, name: str = "edge-xs", qat_steps: int = 0,
+                 log=print) -> dict:
     """OpenVINO FP32 + INT8 of the student `name` folded for `task` (the export stage's `--task` path,
-    INT8 from PTQ on `calibration`), reused while sources-NAME-TASK.json still names the same source."""
+    INT8 from PTQ on `calibration`, or `qat_steps` of QAT), reused while sources-NAME-TASK.json still
+    names the same source."""
     from datprl_edge.core.artifacts import artifact_stem, safe_name
     from datprl_edge.export.config import ExportConfig
     from datprl_edge.export.driver import export_model
@@ -127,9 +129,10 @@ def build_folded(out: Path, task: str, calibration: str, name: str = "edge-xs", 
     stem = safe_name(f"{name}-{task}")  # the export stage's name for a folded artifact
     paths = {f"openvino_{p}": out / f"{artifact_stem(stem, 'openvino', p)}.xml" for p in ("fp32", "int8")}
     command = (f"datprl-edge export bundled:{name} --target openvino --precision fp32,int8 --task {task} "
-               f"--calibration {calibration}")
+               f"--calibration {calibration}" + (f" --qat-steps {qat_steps}" if qat_steps else ""))
+    how = f"{qat_steps} QAT steps" if qat_steps else "post-training quantization"
     wanted = {"fp32": f"{student_description(name)}; folded for {task} on calibration recipe {calibration!r}",
-              "int8": f"post-training quantization of the folded float student (recipe {calibration!r})",
+              "int8": f"{how} of the folded float student (recipe {calibration!r})",
               "command": command}
     sources_file = out / f"sources-{stem}.json"
     old = json.loads(sources_file.read_text()) if sources_file.exists() else {}
@@ -138,8 +141,8 @@ def build_folded(out: Path, task: str, calibration: str, name: str = "edge-xs", 
             raise SystemExit(f"folding needs trained weights: bundled:{name} is not shipped")
         log(f"folding {name} for {task} and exporting it (openvino fp32, int8): {command}")
         config = ExportConfig(targets=("openvino",), precision="fp32,int8", task=task,
-                              calibration=calibration, verify_images=2, verify_size=(96, 128),
-                              model_name=name, overwrite=True)
+                              calibration=calibration, qat_steps=qat_steps, verify_images=2,
+                              verify_size=(96, 128), model_name=name, overwrite=True)
         for part, model, _ in export_sources(f"bundled:{name}", config):
             export_model(model, part, out)
         sources_file.write_text(json.dumps(wanted, indent=2) + "\n")
