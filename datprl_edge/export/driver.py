@@ -232,9 +232,8 @@ def export_model(model, config: ExportConfig, out_dir, *, progress=None) -> list
                             shapes=list(config.shapes), metadata=meta, channels=channels,
                             pad_multiple=pad_multiple,
                             tile_size=config.tile_size, compute_units=config.compute_units, quant=quant,
-                            cache=cache, notes=dict(fold_notes), context_layout=list(layout))
-            if precision == "int8" and drop:
-                job.notes["int8_drop_db"] = drop
+                            cache=cache, notes={**fold_notes, **({"int8_drop_db": drop} if drop else {})},
+                            context_layout=list(layout))
             report = _export_one(spec, job, images, out_dir, stems[(spec.name, precision)], int8_source)
             (reports if report.passed else failures).append(report)
         if failures:
