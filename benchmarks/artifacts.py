@@ -115,17 +115,18 @@ def build_student(out: Path, log=print, name: str = "edge-xs", targets=("onnx", 
 DEPLOYMENTS = {"ct_512": ("medical/ct_denoise", "medical-scanner"), "frame_4k": ("remote/dehaze", "drone")}
 
 
-def build_folded(out: Path, task: str, calibration: str, name: str = "edge-xs", qat_steps: int = 0,
+def build_folded(out: Path, task: str, calibration: str, name: str = "edge-xs", qat_steps: int | None = None,
                  log=print) -> dict:
-    """OpenVINO FP32 + INT8 of the student `name` folded for `task` (the export stage's `--task` path,
-    INT8 from PTQ on `calibration`, or `qat_steps` of QAT), reused while sources-NAME-TASK.json still
-    names the same source."""
+    """OpenVINO FP32 + INT8 of the student `name` folded for `task` (the export stage's `--task` path:
+    INT8 from `qat_steps` of QAT on `calibration`, 0 = PTQ, None = the export's default), reused while
+    sources-NAME-TASK.json still names the same source."""
     from datprl_edge.core.artifacts import artifact_stem, safe_name
     from datprl_edge.export.config import ExportConfig
     from datprl_edge.export.driver import export_model
     from datprl_edge.sources import export_sources
 
     out.mkdir(parents=True, exist_ok=True)
+    qat_steps = ExportConfig(task=task, qat_steps=qat_steps).qat_steps
     stem = safe_name(f"{name}-{task}")  # the export stage's name for a folded artifact
     paths = {f"openvino_{p}": out / f"{artifact_stem(stem, 'openvino', p)}.xml" for p in ("fp32", "int8")}
     command = (f"datprl-edge export bundled:{name} --target openvino --precision fp32,int8 --task {task} "

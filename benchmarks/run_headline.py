@@ -470,8 +470,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
     ap.add_argument("--student", default="edge-xs", help="the student the suites time (default edge-xs; "
                     "benchmarks/frontier.py times every member of the family)")
-    ap.add_argument("--folded-qat-steps", type=int, default=0, metavar="N",
-                    help="INT8 of the folded deployments from N QAT steps (export --qat-steps), not PTQ")
+    ap.add_argument("--folded-qat-steps", type=int, default=None, metavar="N",
+                    help="INT8 of the folded deployments from N QAT steps (export --qat-steps; 0 = PTQ; "
+                         "default: the export's default for --task, 300)")
     ap.add_argument("--quick", action="store_true", help="short runs to check the script (not for results)")
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                     help="wait up to S seconds for the 1-minute load to drop below half the cores")
@@ -515,7 +516,7 @@ def main(argv=None) -> int:
                                   + (["--threads", str(args.threads)] if args.threads else [])
                                   + (["--student", args.student] if args.student != "edge-xs" else [])
                                   + (["--folded-qat-steps", str(args.folded_qat_steps)]
-                                     if args.folded_qat_steps else [])
+                                     if args.folded_qat_steps is not None else [])
                                   + (["--quick"] if args.quick else [])),
             "settings": {k: v for k, v in SETTINGS.items()},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from datprl_edge.core.errors import ConfigError
 from datprl_edge.core.targets import COMPUTE_UNITS
+from datprl_edge.export.config import FOLDED_QAT_STEPS
 from datprl_edge.sources import DEFAULT_STUDENT as DEFAULT_MODEL
 
 DEFAULT_OUTPUT = "artifacts"
@@ -40,7 +41,8 @@ def register(subparsers):
                         "the INT8 ranges of a float model and the --task fold (default: bundled samples "
                         "for verification, recipe 'all' otherwise)")
     p.add_argument("--qat-steps", type=int, metavar="N",
-                   help="INT8 from a float model: QAT steps (0 = post-training quantization, the default)")
+                   help=f"INT8 from a float model: QAT steps (0 = post-training quantization; default "
+                        f"{FOLDED_QAT_STEPS} with --task, else 0)")
     p.add_argument("--max-drop", type=float, metavar="DB",
                    help="INT8 from a float model: keep the most sensitive layers float until its worst-task "
                         "PSNR drop against the float model (held-out pairs) is at most DB; fails otherwise")

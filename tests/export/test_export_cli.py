@@ -69,6 +69,16 @@ def test_config_validation(kwargs, match):
         ExportConfig(**kwargs)
 
 
+def test_folded_int8_defaults_to_qat():
+    """A folded export (--task) quantizes with FOLDED_QAT_STEPS of QAT unless told; the all-in-one
+    model with post-training quantization; an explicit 0 stays 0."""
+    from datprl_edge.export.config import FOLDED_QAT_STEPS
+
+    assert FOLDED_QAT_STEPS == 300
+    assert ExportConfig(task="remote/dehaze").qat_steps == FOLDED_QAT_STEPS
+    assert ExportConfig().qat_steps == 0 and ExportConfig(task="remote/dehaze", qat_steps=0).qat_steps == 0
+
+
 def test_metadata_and_naming():
     meta = build_metadata(model_name="edge-xs", target="onnx", precision="int8", tasks=["medical/ct_denoise"],
                           source_sha256="f" * 64, extra={"calibration": {"images": 4}})

@@ -89,7 +89,8 @@ def test_ct_folded_edge_lat_ptq_leaves_out_the_crop_it_clamps(monkeypatch):
 
     task = "medical/ct_denoise"
     folded, _ = fold_for_task(resolve_model("bundled:edge-lat"), task, "medical-scanner")
-    config = ExportConfig(targets=("openvino",), precision="int8", task=task, calibration="medical-scanner")
+    config = ExportConfig(targets=("openvino",), precision="int8", task=task, calibration="medical-scanner",
+                          qat_steps=0)  # post-training quantization, where the outlier did its harm
     fixed, how = quantize_for_target(folded, None, "openvino", config)
     assert how.endswith("; 1 calibration crop(s) left out (the float model runs them only through its "
                         "activation clamps, models.bounds)")
