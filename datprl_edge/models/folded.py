@@ -25,7 +25,7 @@ from datprl_edge.models.student import (
     build_stem,
     name_context_blocks,
 )
-from datprl_edge.models.student_blocks import EdgeBlock
+from datprl_edge.models.student_blocks import BLOCK_TYPES, BLOCKS
 
 STATIC_ARCH = "EdgeDATPRLStatic"
 DYNAMIC_ARCH = "EdgeDATPRLDynamic"
@@ -40,12 +40,13 @@ class EdgeDATPRLStatic(nn.Module):
 
     def __init__(self, img_channel=3, width=16, enc_blk_nums=(1, 1, 1), middle_blk_num=1,
                  dec_blk_nums=(1, 1, 1), dw_expand=2, ffn_expand=2, use_sca=True, layer_scale_init=0.1,
-                 tasks=(), stem=1, act_bounds=None, **prompt_options):
+                 tasks=(), stem=1, block="gated", act_bounds=None, **prompt_options):
         super().__init__()
         unknown = sorted(set(prompt_options) - set(_PROMPT_OPTIONS))
         if unknown:
             raise ConfigError(f"{STATIC_ARCH} has no option {unknown[0]!r}")
-        _check_options(img_channel, width, enc_blk_nums, dec_blk_nums, middle_blk_num, stem=stem)
+        _check_options(img_channel, width, enc_blk_nums, dec_blk_nums, middle_blk_num, stem=stem, block=block)
+        Block = BLOCKS[block]
         if isinstance(tasks, str) or not all(isinstance(t, str) for t in tasks):
             raise ConfigError(f"{STATIC_ARCH} option tasks must be a list of task ids, got {tasks!r}")
         self.tasks = tuple(tasks)
@@ -56,14 +57,14 @@ class EdgeDATPRLStatic(nn.Module):
                    layer_scale_init=layer_scale_init)
         chans = [width * 2 ** i for i in range(levels + 1)]
         self.unshuffle, self.intro, ending, shuffle = build_stem(img_channel, width, stem)
-        self.encoders = nn.ModuleList(nn.Sequential(*[EdgeBlock(chans[i], **blk) for _ in range(n)])
+        self.encoders = nn.ModuleList(nn.Sequential(*[Block(chans[i], **blk) for _ in range(n)])
                                       for i, n in enumerate(enc_blk_nums))
         self.downs = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], 2, stride=2) for i in range(levels))
-        self.middle_blks = nn.ModuleList(EdgeBlock(chans[-1], **blk) for _ in range(middle_blk_num))
+        self.middle_blks = nn.ModuleList(Block(chans[-1], **blk) for _ in range(middle_blk_num))
         self.ups = nn.ModuleList(
             nn.Sequential(nn.Conv2d(chans[i + 1], chans[i] * 4, 1, bias=False), nn.PixelShuffle(2))
             for i in range(levels))
-        self.decoders = nn.ModuleList(nn.ModuleList(EdgeBlock(chans[i], **blk) for _ in range(n))
+        self.decoders = nn.ModuleList(nn.ModuleList(Block(chans[i], **blk) for _ in range(n))
                                       for i, n in enumerate(dec_blk_nums))
         self.ending, self.shuffle = ending, shuffle  # registered last: module order as before stems
         name_context_blocks(self)
@@ -118,8 +119,8 @@ def _folded_pool_like(pool) -> FoldedPromptPool:
 
 
 def prompted_blocks(model) -> dict:
-    """Module path -> EdgeBlock for every block with a FiLM (the ones a fold changes)."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, EdgeBlock) and m.film is not None}
+    """Module path -> block for every block with a FiLM (the ones a fold changes)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, BLOCK_TYPES) and m.film is not None}
 
 
 def static_from_student(student: EdgeDATPRL, options: dict, films: dict, tasks) -> EdgeDATPRLStatic:

@@ -1,11 +1,13 @@
 """EdgeDATPRL: the compact edge student that keeps DATPRL-IR's method.
 
 Backbone: a small U-Net of plain/depthwise convs and SimpleGate blocks without LayerNorm
-(`student_blocks.EdgeBlock`). Method, as in the full model: a domain prompt pool queried from the
-shallow features and a task (degradation) prompt pool queried from the deepest features, top-k
-composition (`PromptPool`), the two prompts concatenated, and adaptive gated fusion into every
-latent and decoder block as per-channel FiLM placed right before a 1x1 conv (foldable when the
-prompt is fixed). Zero padding to a multiple of 2**levels, global residual, crop back.
+(`student_blocks.EdgeBlock`, option `block` "gated"), or of dense conv blocks (`DenseBlock`, "dense":
+a 1x1 and a 3x3 conv with a ReLU, what INT8 kernels run fastest). Method, as in the full model: a
+domain prompt pool queried from the shallow features and a task (degradation) prompt pool queried
+from the deepest features, top-k composition (`PromptPool`), the two prompts concatenated, and
+adaptive gated fusion into every latent and decoder block as per-channel FiLM placed right before a
+1x1 conv (foldable when the prompt is fixed). Zero padding to a multiple of 2**levels, global
+residual, crop back.
 
 Block counts run shallow to deep: `enc_blk_nums[0]` and `dec_blk_nums[0]` work at full resolution.
 """
@@ -30,7 +32,9 @@ from datprl_edge.models.context import (
 from datprl_edge.models.prompt_pool import PromptPool, Routing
 from datprl_edge.models.registry import register_arch, register_model
 from datprl_edge.models.student_blocks import (
-    EdgeBlock,
+    BLOCK_TYPES,
+    BLOCKS,
+    DenseBlock,
     FiLMTerms,
     PromptOverride,
     QueryMapper,
@@ -62,11 +66,12 @@ class EdgeDATPRL(nn.Module):
                  dec_blk_nums=(1, 1, 1), dw_expand=2, ffn_expand=2, use_sca=True, layer_scale_init=0.1,
                  domain_pool_size=15, degradation_pool_size=15, domain_prompt_dim=32,
                  degradation_prompt_dim=32, domain_top_k=5, degradation_top_k=3, value_num_tokens=2,
-                 stem=1, act_bounds=None):
+                 stem=1, block="gated", act_bounds=None):
         super().__init__()
         _check_options(img_channel, width, enc_blk_nums, dec_blk_nums, middle_blk_num,
                        (domain_pool_size, domain_top_k, "domain"),
-                       (degradation_pool_size, degradation_top_k, "degradation"), stem=stem)
+                       (degradation_pool_size, degradation_top_k, "degradation"), stem=stem, block=block)
+        Block = BLOCKS[block]
         levels = len(enc_blk_nums)
         self.img_channel = img_channel
         self.pad_multiple = stem * 2 ** levels
@@ -76,7 +81,7 @@ class EdgeDATPRL(nn.Module):
         chans = [width * 2 ** i for i in range(levels + 1)]
 
         self.unshuffle, self.intro, ending, shuffle = build_stem(img_channel, width, stem)
-        self.encoders = nn.ModuleList(nn.Sequential(*[EdgeBlock(chans[i], **blk) for _ in range(n)])
+        self.encoders = nn.ModuleList(nn.Sequential(*[Block(chans[i], **blk) for _ in range(n)])
                                       for i, n in enumerate(enc_blk_nums))
         self.downs = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], 2, stride=2) for i in range(levels))
         self.domain_mapper = QueryMapper(width, max(width // 2, 8), domain_prompt_dim, kernel=3, stride=2)
@@ -86,19 +91,22 @@ class EdgeDATPRL(nn.Module):
                                              domain_top_k)
         self.degradation_prompt_pool = PromptPool(degradation_pool_size, degradation_prompt_dim,
                                                   value_num_tokens, degradation_top_k)
-        self.middle_blks = nn.ModuleList(EdgeBlock(chans[-1], prompt_dim, **blk)
+        self.middle_blks = nn.ModuleList(Block(chans[-1], prompt_dim, **blk)
                                          for _ in range(middle_blk_num))
         self.ups = nn.ModuleList(
             nn.Sequential(nn.Conv2d(chans[i + 1], chans[i] * 4, 1, bias=False), nn.PixelShuffle(2))
             for i in range(levels))
         self.decoders = nn.ModuleList(
-            nn.ModuleList(EdgeBlock(chans[i], prompt_dim, **blk) for _ in range(n))
+            nn.ModuleList(Block(chans[i], prompt_dim, **blk) for _ in range(n))
             for i, n in enumerate(dec_blk_nums))
         self.ending, self.shuffle = ending, shuffle  # registered last: module order as before stems
         name_context_blocks(self)
         self.apply(_variance_preserving_init)
         with torch.no_grad():  # start near the identity (global residual), not at random noise
             self.ending.weight.mul_(0.1)
+            for mod in self.modules():
+                if isinstance(mod, DenseBlock):  # its residual branch starts small, as beta does
+                    mod.conv2.weight.mul_(layer_scale_init)
         if act_bounds is not None:
             set_act_bounds(self, act_bounds)
 
@@ -248,7 +256,7 @@ class EdgeDATPRL(nn.Module):
         terms = {}
         if films:
             for name, mod in self.named_modules():
-                if isinstance(mod, EdgeBlock) and mod.film is not None:
+                if isinstance(mod, BLOCK_TYPES) and mod.film is not None:
                     terms[name] = mod.film.terms(prompt)
         return PromptConditioning(d_prompt, t_prompt, prompt, d_w, t_w, terms)
 
@@ -265,16 +273,16 @@ def build_stem(img_channel: int, width: int, stem: int):
 
 
 def name_context_blocks(model) -> None:
-    """Give every EdgeBlock its context entry name: its module path."""
+    """Give every block its context entry name: its module path."""
     for name, mod in model.named_modules():
-        if isinstance(mod, EdgeBlock):
+        if isinstance(mod, BLOCK_TYPES):
             mod.context_key = name
 
 
 def block_context_layout(model) -> list[tuple[str, int]]:
     """(name, channels) of every block's channel-attention mean, shallow to deep, then decoders."""
     return [(mod.context_key, mod.sca.in_channels) for mod in model.modules()
-            if isinstance(mod, EdgeBlock) and mod.sca is not None]
+            if isinstance(mod, BLOCK_TYPES) and mod.sca is not None]
 
 
 def _known_zero(n) -> bool:
@@ -305,7 +313,7 @@ def _pool_prompt(pool: PromptPool, route: Routing | None, override, kind: str, b
     return pool.compose_dense(weights), weights
 
 
-def _check_options(img_channel, width, enc, dec, middle, *pools, stem=1):
+def _check_options(img_channel, width, enc, dec, middle, *pools, stem=1, block="gated"):
     def positive_int(v, name, minimum=1):
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
             raise ConfigError(f"EdgeDATPRL option {name} must be an integer >= {minimum}, got {v!r}")
@@ -315,6 +323,9 @@ def _check_options(img_channel, width, enc, dec, middle, *pools, stem=1):
     if width % 2:
         raise ConfigError(f"EdgeDATPRL width must be even, got {width}")
     positive_int(middle, "middle_blk_num", 0)
+    if block not in BLOCKS:
+        raise ConfigError(f"EdgeDATPRL option block must be one of {', '.join(map(repr, BLOCKS))}, "
+                          f"got {block!r}")
     if stem not in (1, 2, 4):
         raise ConfigError(f"EdgeDATPRL option stem must be 1 (full resolution), 2 or 4 (pixel-unshuffled "
                           f"input), got {stem!r}")
@@ -351,6 +362,10 @@ _SIZES = {
     "edge-lat": (dict(width=16, enc_blk_nums=[1, 1, 1], middle_blk_num=1, dec_blk_nums=[1, 1, 1],
                       ffn_expand=1, domain_prompt_dim=32, degradation_prompt_dim=32, stem=2),
                  "edge student, latency first: 0.30 M params, 0.26 GMAC at 256x256"),
+    # INT8 first: edge-lat's U-Net and prompts with dense conv blocks, which int8 kernels run fastest
+    "edge-q8": (dict(width=16, enc_blk_nums=[1, 1, 1], middle_blk_num=1, dec_blk_nums=[1, 1, 1],
+                     domain_prompt_dim=32, degradation_prompt_dim=32, stem=2, block="dense"),
+                "edge student, INT8 first (dense conv blocks): 0.68 M params, 0.70 GMAC at 256x256"),
 }
 
 for _name, (_opts, _desc) in _SIZES.items():

@@ -104,6 +104,32 @@ class EdgeBlock(nn.Module):
         return y + _scaled(self.gamma, self.conv5(f))
 
 
+class DenseBlock(nn.Module):
+    """A block of dense convs only, for INT8 kernels: [FiLM] -> conv1 1x1 (C->eC) -> ReLU ->
+    conv2 3x3 (eC->C); out = x + conv2. No products, means or depthwise convs: int8 runtimes fuse
+    the ReLU and the residual sum into the convs, so the int8 kernels carry nearly all the time.
+    The FiLM sits right before the 1x1 conv1, as in `EdgeBlock`, so a fixed prompt folds into it.
+    """
+
+    sca = None  # no channel attention: nothing in this block needs the image-wide context
+
+    def __init__(self, channels: int, prompt_dim: int | None = None, dw_expand: int = 2, **_gated_options):
+        super().__init__()
+        c, hidden = channels, channels * dw_expand
+        self.film = GatedFiLM(prompt_dim, c) if prompt_dim else None
+        self.conv1 = nn.Conv2d(c, hidden, 1)
+        self.conv2 = nn.Conv2d(hidden, c, 3, padding=1)
+        self.context_key = ""
+
+    def forward(self, x: torch.Tensor, prompt: torch.Tensor | None = None, ctx=None) -> torch.Tensor:
+        h = x if self.film is None else self.film(x, prompt)
+        return x + self.conv2(torch.relu(self.conv1(h)))
+
+
+BLOCKS = {"gated": EdgeBlock, "dense": DenseBlock}  # the student option `block`
+BLOCK_TYPES = tuple(BLOCKS.values())
+
+
 def _scaled(scale, x):
     return x if scale is None else scale * x
 

@@ -60,14 +60,14 @@ def quantizable_layers(model) -> list[str]:
 def float_blocks(model, float_layers) -> tuple:
     """Names of the edge blocks whose every quantizable layer is in `float_layers` (e.g. given as
     `--float-layers decoders.0.0`): a scheme may keep such a block float as a whole."""
-    from datprl_edge.models.student_blocks import EdgeBlock
+    from datprl_edge.models.student_blocks import BLOCK_TYPES
 
     if model is None:
         return ()
     chosen, layers = set(float_layers), quantizable_layers(model)
     out = []
     for name, mod in model.named_modules():
-        if not isinstance(mod, EdgeBlock):
+        if not isinstance(mod, BLOCK_TYPES):
             continue
         inside = [n for n in layers if n.startswith(name + ".")]
         if inside and all(n in chosen for n in inside):

@@ -1,0 +1,59 @@
+"""Start a new student architecture from a trained one: a fresh model of the registry name, with every
+parameter whose name and shape match the source's copied over (prompt pools, mappers, FiLM, stem,
+samplers), the rest at their initialisation. The starting point of `edge-q8` (from `edge-lat`).
+
+    python scripts/transfer_init.py bundled:edge-lat edge-q8 runs/edge-q8-init.safetensors
+
+The output is a toolkit checkpoint for `datprl-edge distill --student OUT` (kept unless --overwrite).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("source", help="a trained student (checkpoint or bundled:NAME)")
+    ap.add_argument("name", help="registry name of the new student")
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--overwrite", action="store_true")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from datprl_edge.core.errors import DatprlEdgeError
+    from datprl_edge.io.atomic import check_output
+    from datprl_edge.io.checkpoint import CheckpointConfig, save_checkpoint
+    from datprl_edge.models.registry import create_model, model_config
+    from datprl_edge.sources import resolve_model
+
+    try:
+        check_output(args.out, overwrite=args.overwrite, suffix=".safetensors")
+        source = resolve_model(args.source).state_dict()
+        torch.manual_seed(args.seed)
+        model = create_model(args.name)
+        state = model.state_dict()
+        copied = [k for k, v in state.items() if k in source and source[k].shape == v.shape]
+        model.load_state_dict({**state, **{k: source[k] for k in copied}}, strict=True)
+        arch, options = model_config(model)
+        command = " ".join(["python", "scripts/transfer_init.py", *(sys.argv[1:] if argv is None else argv)])
+        init = f"{args.name} (seed {args.seed}) with {len(copied)} of {len(state)} tensors from {args.source}"
+        cfg = CheckpointConfig(arch=arch, options=options, stage="student",
+                               provenance={"init": init, "command": command})
+        save_checkpoint(args.out, model.state_dict(), cfg)
+    except DatprlEdgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: {init}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
