@@ -49,3 +49,26 @@ def test_the_int8_ratio_comes_from_paired_runs_when_the_json_has_them():
     doc["latency"]["paired"] = {"edge-lat": {"rounds": 900, "median": 1.9, "ci95": [1.85, 1.95]}}
     ratio = frontier.frontier_targets(doc)[2]
     assert ratio["measured"] == 1.9 and ratio["met"] and "paired runs" in ratio["name"]
+
+
+def test_the_int8_first_member_is_held_to_its_own_int8_ratio():
+    """edge-q8 gets the 500x, INT8/FP32, gain and drop rows (no 8 ms row: that is the latency-first
+    member's), and a missed timing row quotes its own profiles, not another member's."""
+    doc = _doc([6.0, 7.0, 9.0], [12.0, 10.0, 9.0], 1.2)
+    lat = doc["latency"]
+    arts = {k: v.replace("edge-lat", "edge-q8") for k, v in doc["members"]["edge-lat"]["artifacts"].items()}
+    q8 = {"artifacts": arts, "quality": doc["members"]["edge-lat"]["quality"], "sources": {}}
+    doc["members"]["edge-lat"]["sources"] = {}
+    doc["members"]["edge-q8"] = q8
+    for name in ("edge-q8_openvino_fp32.xml", "edge-q8_openvino_int8.xml"):
+        lat["median_ms"][name] = lat["median_ms"][name.replace("edge-q8", "edge-lat")]
+    lat["paired"] = {"edge-q8": {"median": 1.6, "ci95": [1.5, 1.7]},
+                     "edge-lat": {"median": 1.1, "ci95": [1.0, 1.2]}}
+    doc["targets"] = rows = frontier.frontier_targets(doc)
+    mine = [r for r in rows if r["name"].startswith("edge-q8 ")]
+    assert len(rows) == 5 + 4 and len(mine) == 4 and not any(r["unit"] == "ms" for r in mine)
+    assert mine[1]["measured"] == 1.6 and not mine[1]["met"]
+    doc["profiles"] = [{"artifact": f"{m}_openvino_int8.xml", "by_layer_type": [], "sum_of_layers_ms": 1.0,
+                        "int8_kernel_time_share": 0.5, "shape": [256, 256]} for m in ("edge-lat", "edge-q8")]
+    frontier.add_limits(doc)
+    assert "edge-q8_openvino_int8.xml" in mine[1]["limits"] and "edge-lat_" not in mine[1]["limits"]
