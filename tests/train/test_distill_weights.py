@@ -10,7 +10,8 @@ from datprl_edge.io.checkpoint import sha256_file
 from datprl_edge.models.loading import WEIGHTS_DIR, load_model
 from datprl_edge.models.registry import resolve
 
-SHIPPED = {"teacher-ref": ("restormer-ref", "teacher"), "edge-xs": ("edge-xs", "distilled")}
+SHIPPED = {"teacher-ref": ("restormer-ref", "teacher"), "edge-xs": ("edge-xs", "distilled"),
+           "edge-q8": ("edge-q8", "distilled")}
 
 
 def _manifest():
@@ -25,7 +26,8 @@ def test_shipped_weights_are_at_most_20_mb_and_match_the_manifest():
         entry = manifest[path.name]
         assert entry["sha256"] == sha256_file(path)
         assert entry["bytes"] == path.stat().st_size
-        assert entry["command"].startswith("datprl-edge ") and entry["steps"] > 0 and entry["data"]
+        assert "datprl-edge distill " in entry["command"] or entry["command"].startswith("datprl-edge ")
+        assert entry["steps"] > 0 and entry["data"]
         total += path.stat().st_size
     assert total <= 20 * 1024 * 1024
 
@@ -41,12 +43,13 @@ def test_bundled_weights_load_by_name_with_their_registry_options(name):
     assert cfg.provenance["steps"] == _manifest()[f"{name}.safetensors"]["steps"]
 
 
-def test_distilled_student_restores_better_than_its_input():
+@pytest.mark.parametrize("name", ["edge-xs", "edge-q8"])
+def test_distilled_student_restores_better_than_its_input(name):
     from datprl_edge.core.metrics import image_metrics
     from datprl_edge.data.datasets import validation_set
     from datprl_edge.data.tasks import task_set
 
-    model = load_model("bundled:edge-xs")
+    model = load_model(f"bundled:{name}")
     gains = []
     for task in task_set("9task"):
         lq, gt = validation_set(getattr(task, "id", task), count=2, size=64, seed=0).tensors()
