@@ -76,3 +76,22 @@ def untrained_edge_xs():
 
     torch.manual_seed(0)
     return create_model("edge-xs")
+
+
+def ptq_export(name: str, out, verify_size=(60, 68), verify_images=2):
+    """The OpenVINO INT8 report of a random-weight registry model after PTQ on two synthetic crops."""
+    import torch
+
+    from datprl_edge.export.driver import ExportConfig, export_model
+    from datprl_edge.models.registry import create_model
+    from datprl_edge.quantize.qat import QATConfig, run_qat
+    from datprl_edge.sources import _synthetic
+
+    torch.manual_seed(0)
+    calib = [_synthetic(64, 64, 3, s)[0] for s in range(2)]
+    config = QATConfig(target="openvino", steps=0, calib_batches=1, batch_size=2, val_images=0)
+    qat = run_qat(create_model(name), config, calib)
+    cfg = ExportConfig(targets="openvino", precision="int8", model_name=name, verify_images=verify_images,
+                       verify_size=verify_size)
+    (report,) = export_model(qat, cfg, out)
+    return report

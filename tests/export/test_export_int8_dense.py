@@ -7,25 +7,12 @@ import pytest
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
-from datprl_edge.export.driver import ExportConfig, export_model  # noqa: E402
-from datprl_edge.models.registry import create_model  # noqa: E402
+from conftest import ptq_export  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    import torch
-
-    from datprl_edge.quantize.qat import QATConfig, run_qat
-    from datprl_edge.sources import _synthetic
-
-    torch.manual_seed(0)
-    calib = [_synthetic(64, 64, 3, s)[0] for s in range(2)]
-    config = QATConfig(target="openvino", steps=0, calib_batches=1, batch_size=2, val_images=0)
-    qat = run_qat(create_model("edge-q8"), config, calib)
-    cfg = ExportConfig(targets="openvino", precision="int8", model_name="edge-q8", verify_images=1,
-                       verify_size=(64, 64))
-    (report,) = export_model(qat, cfg, tmp_path_factory.mktemp("q8"))
-    return report
+    return ptq_export("edge-q8", tmp_path_factory.mktemp("q8"), verify_size=(64, 64), verify_images=1)
 
 
 def test_every_block_and_sampler_conv_runs_int8(exported):

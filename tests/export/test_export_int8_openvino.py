@@ -8,27 +8,16 @@ import pytest
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
-from datprl_edge.export.driver import ExportConfig, export_model  # noqa: E402
+from conftest import ptq_export  # noqa: E402
+
 from datprl_edge.models.registry import create_model  # noqa: E402
 from datprl_edge.runtime.sessions import inspect_artifact, read_artifact_metadata  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    import torch
-
-    from datprl_edge.quantize.qat import QATConfig, run_qat
-    from datprl_edge.sources import _synthetic
-
-    torch.manual_seed(0)
-    calib = [_synthetic(64, 64, 3, s)[0] for s in range(2)]
-    config = QATConfig(target="openvino", steps=0, calib_batches=1, batch_size=2, val_images=0)
-    qat = run_qat(create_model("edge-xs"), config, calib)
     out = tmp_path_factory.mktemp("int8ov")
-    cfg = ExportConfig(targets="openvino", precision="int8", model_name="edge-xs", verify_images=2,
-                       verify_size=(60, 68))
-    (report,) = export_model(qat, cfg, out)
-    return out, report
+    return out, ptq_export("edge-xs", out)
 
 
 def test_report_and_parity_against_fake_quant(exported):
