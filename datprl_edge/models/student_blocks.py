@@ -106,8 +106,9 @@ class EdgeBlock(nn.Module):
 
 class DenseBlock(nn.Module):
     """A block of dense convs only, for INT8 kernels: [FiLM] -> conv1 1x1 (C->eC) -> ReLU ->
-    conv2 3x3 (eC->C); out = x + conv2. No products, means or depthwise convs: int8 runtimes fuse
-    the ReLU and the residual sum into the convs, so the int8 kernels carry nearly all the time.
+    conv2 3x3 (eC->C); out = x + conv2. No products, means or depthwise convs, so the int8 kernels
+    carry most of the time: OpenVINO fuses the ReLU and the next quantize into conv1 (which writes
+    u8); the residual sum and the quantize after it run as one elementwise node.
     The FiLM sits right before the 1x1 conv1, as in `EdgeBlock`, so a fixed prompt folds into it.
     """
 
