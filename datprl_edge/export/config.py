@@ -12,8 +12,9 @@ from datprl_edge.core.targets import COMPUTE_UNITS, PRECISIONS, parse_targets, r
 
 # QAT steps of a folded export's INT8 (`--task`) unless told: post-training quantization of a folded
 # student lost up to 0.21 dB on a held-out set (edge-lat, dehazing, shifted), 300 QAT steps at most 0.045 dB
-# for both students and both deployed tasks (benchmarks/results/qat300, edge-lat/qat300); the whole
-# edge-lat export took 80 s on two cores. The all-in-one INT8 stays PTQ (or the shipped QAT weights).
+# for both students and both deployed tasks (benchmarks/results/qat300, edge-lat/qat300); a whole folded
+# export took 80 s (edge-lat) and 130 s (edge-xs) on two cores. The all-in-one INT8 stays PTQ (or the
+# shipped QAT weights).
 FOLDED_QAT_STEPS = 300
 
 PROFILE_KEYS = ("target", "precision", "shapes", "dynamic", "tile_size", "tile_overlap", "compute_units",
