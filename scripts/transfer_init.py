@@ -1,6 +1,7 @@
 """Start a new student architecture from a trained one: a fresh model of the registry name, with every
-parameter whose name and shape match the source's copied over (prompt pools, mappers, FiLM, stem,
-samplers), the rest at their initialisation. The starting point of `edge-q8` (from `edge-lat`).
+parameter whose name and shape match the source's copied over (for edge-q8 from edge-lat: prompt pools,
+mappers, FiLM, stem, samplers and each block's 1x1 conv1), the rest at their initialisation. The
+starting point of `edge-q8`.
 
     python scripts/transfer_init.py bundled:edge-lat edge-q8 runs/edge-q8-init.safetensors
 

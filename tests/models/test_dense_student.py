@@ -79,3 +79,28 @@ def test_dynamic_fold_keeps_the_routing(q8):
     y = torch.rand(2, 3, 29, 35)
     with torch.inference_mode():
         assert (q8(y) - dyn(y)).abs().max() <= TOL
+
+
+def test_transfer_init_copies_the_matching_tensors(tmp_path):
+    """scripts/transfer_init.py: a fresh edge-q8 with every edge-lat tensor of the same name and shape
+    (prompt path, stem, samplers and the blocks' 1x1 conv1); the 3x3 conv2, which has no counterpart,
+    keeps its initialisation; an existing output is refused in one line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from datprl_edge.models.loading import load_model
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "init.safetensors"
+    script = root / "scripts" / "transfer_init.py"
+    run = [sys.executable, str(script), "bundled:edge-lat", "edge-q8", str(out)]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "65 of 79 tensors" in done.stdout
+    q8, lat = load_model(out).state_dict(), load_model("bundled:edge-lat").state_dict()
+    for name in ("domain_prompt_pool.prompt_values", "intro.weight", "ups.0.0.weight",
+                 "decoders.0.0.film.prompt_film.weight", "decoders.0.0.conv1.weight"):
+        assert torch.equal(q8[name], lat[name]), name
+    assert q8["decoders.0.0.conv2.weight"].shape != lat["decoders.0.0.conv2.weight"].shape
+    again = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "exists" in again.stderr
