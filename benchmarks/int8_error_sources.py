@@ -3,14 +3,15 @@
     .venv/bin/python benchmarks/int8_error_sources.py --target coreml --tasks medical/ct_denoise \
         --steps 300 --lr 1e-5 [--float-layers L1,L2] [--seed 0] [-o benchmarks/results/FILE.json]
 
-Runs `quantize.qat.run_qat` on the bundled student (PTQ with --steps 0), then scores the fake-quant
-model against the FP32 model's own output (PSNR in dB, `quantize.loop.evaluate`, validation pairs of
-`qat_accuracy.py`) with every quantizer on, with the weight quantizers off, with the activation
-quantizers off, and with one activation quantizer on at a time (all others off). The last list,
-sorted, ranks the activation quantizers by the error each alone adds: the ones to keep in float
-(`--float-layers` of `datprl-edge qat`) when a task misses its budget. A drop <= 0.1 dB against the
-ground truth needs the INT8 output within 10*log10(1/(10^0.01 - 1)) = 16.3 dB of the FP32 model's own
-PSNR, if the INT8 error is independent of the FP32 error (e.g. >= 56 dB for CT at 39.8 dB).
+Runs `quantize.qat.run_qat` on the bundled student (--student, default edge-xs; PTQ with --steps 0),
+then scores the fake-quant model against the FP32 model's own output (PSNR in dB,
+`quantize.loop.evaluate`, validation pairs of `qat_accuracy.py`) with every quantizer on, with the
+weight quantizers off, with the activation quantizers off, and with one activation quantizer on at a
+time (all others off). The last list, sorted, ranks the activation quantizers by the error each alone
+adds: the ones to keep in float (`--float-layers` of `datprl-edge qat`) when a task misses its budget. A
+drop <= 0.1 dB against the ground truth needs the INT8 output within 10*log10(1/(10^0.01 - 1)) = 16.3 dB
+of the FP32 model's own PSNR, if the INT8 error is independent of the FP32 error (e.g. >= 56 dB for CT
+at 39.8 dB).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def _where(node) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", default="coreml")
+    ap.add_argument("--student", default="edge-xs", help="the bundled student (default edge-xs)")
     ap.add_argument("--tasks", default="medical/ct_denoise")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--lr", type=float, default=1e-5)
@@ -83,7 +85,7 @@ def main(argv=None) -> int:
     from datprl_edge.quantize.scope import frozen_observers
 
     torch.set_num_threads(args.threads)
-    model, desc, placeholder = student()
+    model, desc, placeholder = student(name=args.student)
     calib, tasks = calibration_pairs("all")
     wanted = [t.strip() for t in args.tasks.split(",") if t.strip()]
     val = validation_pairs(wanted, args.val_count, args.val_size)

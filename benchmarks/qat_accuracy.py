@@ -162,7 +162,7 @@ def main(argv=None) -> int:
             row[f"{name}_within_0.1db_every_task"] = row[name]["drop_db"]["worst"] <= 0.1
         report["targets"][target] = row
         if args.ship and not placeholder:
-            best = args.ship_variant or min(reversed(list(results)), key=lambda k: row[k]["drop_db"]["worst"])
+            best = args.ship_variant or ship_choice(row, list(results))
             row["shipped_variant"] = best
             path = save_qat(results[best], WEIGHTS / f"{args.student}-int8-{target}.safetensors",
                             {"command": report["command"], "source": f"bundled:{args.student}",
@@ -174,6 +174,13 @@ def main(argv=None) -> int:
     return 0
 
 
+def ship_choice(row: dict, names: list) -> str:
+    """The variant with the smallest worst-task drop (the later one on a tie), never one whose search
+    left every quantizable layer float: that is the FP32 model under another name."""
+    int8 = [k for k in names if not row[k].get("sensitivity", {}).get("all_float")]
+    return min(reversed(int8), key=lambda k: row[k]["drop_db"]["worst"])
+
+
 def variant_plan(args) -> list[tuple]:
     """(name, QAT steps, max_drop) of each variant a target runs with these options."""
     variants = [("ptq", 0, None), ("qat", args.steps, None)]
@@ -182,6 +189,11 @@ def variant_plan(args) -> list[tuple]:
     if args.float_layers:
         variants += [("ptq_float_layers", 0, None), ("qat_float_layers", args.steps, None)]
     return variants
+
+
+def results_name(student: str) -> str:
+    """Where a student's QAT accuracy is kept in benchmarks/results (run with -o, or merged, there)."""
+    return "qat_accuracy.json" if student == "edge-xs" else f"qat_accuracy_{student}.json"
 
 
 def update_manifest(path: Path, variant: str, drop: dict, name: str = "edge-xs") -> None:
@@ -201,7 +213,7 @@ def update_manifest(path: Path, variant: str, drop: dict, name: str = "edge-xs")
         "float_layers": cfg.extra.get("float_layers", []), "calibration": cfg.provenance.get("calibration"),
         "stack": cfg.extra.get("scheme", {}).get("stack"), "command": cfg.provenance.get("command"),
         "worst_task_drop_db": round(drop["worst"], 3), "mean_drop_db": round(drop["mean"], 3),
-        "drop_measured_on": "benchmarks/results/qat_accuracy.json (fixed val pairs, torch fake-quant)",
+        "drop_measured_on": f"benchmarks/results/{results_name(name)} (fixed val pairs, torch fake-quant)",
     }
     write_text_atomic(manifest_path, json.dumps(manifest, indent=1) + "\n")
 

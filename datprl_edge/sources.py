@@ -208,12 +208,13 @@ def fold_for_task(model, task: str, calibration: str | None = None):
                           "fold_prompt": result.prompts.get(task)}
 
 
-def quantize_for_target(float_model, qat, target: str, config):
+def quantize_for_target(float_model, qat, target: str, config, progress=None):
     """(QAT result, how it was obtained) for an INT8 artifact of `target`.
 
     A QAT checkpoint is used as it is; a float model gets the target's quantization
     (`quantize/<target>.py` through `quantize.qat.run_qat`) on the calibration recipe: post-training
-    quantization when `config.qat_steps` is 0, else QAT for that many steps.
+    quantization when `config.qat_steps` is 0, else QAT for that many steps, its progress lines
+    going to `progress(message)`.
     """
     if qat is not None:
         return qat, f"the given QAT result {qat.source or ''}".strip()
@@ -226,7 +227,8 @@ def quantize_for_target(float_model, qat, target: str, config):
     # val_images=0: the held-out pairs are `val` (the task's val split), never calibration crops
     qconfig = QATConfig(target=target, steps=config.qat_steps, val_images=0, max_drop=config.max_drop)
     with _quiet_torch():
-        result = run_qat(float_model, qconfig, calib, val=val, search_val=search)
+        result = run_qat(float_model, qconfig, calib, val=val, search_val=search,
+                         log=(lambda m: progress(f"{target} int8: {m}")) if progress else None)
     how = ("post-training quantization (0 QAT steps)" if config.qat_steps == 0
            else f"quantization-aware training ({config.qat_steps} steps)")
     if config.max_drop is not None:

@@ -216,7 +216,7 @@ def export_model(model, config: ExportConfig, out_dir, *, progress=None) -> list
             quant, int8_source, drop = None, None, None
             layout = context_layout(float_model) if float_model is not None else []
             if precision == "int8":
-                quant, int8_source = quantize_for_target(float_model, qat, spec.name, config)
+                quant, int8_source = quantize_for_target(float_model, qat, spec.name, config, progress)
                 layout = [tuple(e) for e in getattr(quant, "context_layout", None) or []]
                 drop = int8_drop(quant, float_model is not None and qat is None, DROP_DESCRIPTION)
                 warn_drop(progress, spec.name, drop, config)

@@ -14,7 +14,9 @@ onnxruntime's QDQ fusions match) given this scheme's own specs; residual and ski
 - convs with fewer than 8 output channels (the image-producing last conv) get int8 weights but
   float activations: onnxruntime's int8 kernels are several times slower than float ones at so few
   output channels; the image conv `intro` (3 input channels) stays float, weights and input
-  (scheme 5, `IMAGE_LAYERS`);
+  (scheme 5, `IMAGE_LAYERS`); the convs whose output a pixel shuffle turns straight into a term of
+  a float sum, the image-producing `ending` (3*s*s outputs at stem s) and the up-samplers' convs,
+  keep int8 weights and a float output at any width (scheme 6, `OUTPUT_LAYERS`);
 - weights int8 symmetric per output channel in [-63, 63] (7 bits): without VNNI the U8S8 kernels
   add pairs of uint8 x int8 products in saturating int16 (VPMADDUBSW); 255 * 63 * 2 = 32130 fits,
   so every CPU computes the same exact integer sums (255 * 127 * 2 would not).
@@ -64,7 +66,7 @@ STACK = "torchao PT2E (torch.export + prepare_qat_pt2e + convert_pt2e)"
 SWITCHED = "one layer's weight and output fake quants off"
 # Bumped whenever the prepared graph or its quantization specs change: a QAT checkpoint stores the
 # prepared state, which only loads into the graph it was made with.
-SCHEME_VERSION = 5
+SCHEME_VERSION = 6
 MIN_INT8_OUT_CHANNELS = 8  # convs with fewer outputs stay float (see _is_narrow_conv)
 # Residual and skip sums stay float: the stream is not rounded to 8 bits at every block (CT drop after
 # QAT 1.03 -> 0.81 dB), at the cost of a dequantize before each sum (onnxruntime node time ~10-20%
@@ -76,6 +78,12 @@ FLOAT_ELTWISE = ("add",)
 # before the first conv (edge-xs PTQ worst drop 1.51 -> 0.71 dB, CT 0.41 -> 0.17), and onnxruntime's
 # int8 kernel for its 3 input channels was the slowest conv of the INT8 graph (2.1 of 38.8 ms)
 IMAGE_LAYERS = ("intro",)
+# Convs (here and under these module paths) whose output a pixel shuffle turns into a term of a float
+# sum (the image's residual, a skip sum) get int8 weights and a float output, like a narrow conv,
+# whatever their width (scheme 6). Rounding them to 8 bits per tensor was edge-q8's largest error source
+# (int8_error_sources.py, PTQ): worst drop 0.225 -> 0.100 dB (MRI SR 0.23 -> 0.08), QAT 0.149 -> 0.100;
+# edge-xs all-int8 PTQ 0.71 -> 0.62, QAT 0.27 -> 0.20. onnxruntime ran edge-q8 as fast (11.2 vs 11.4 ms).
+OUTPUT_LAYERS = ("ending", "ups")
 WEIGHT_QMAX = 63  # 7-bit weights: no int16 saturation in U8S8 kernels without VNNI (module docstring)
 SCHEME = {
     "target": TARGET,
@@ -94,8 +102,9 @@ SCHEME = {
     "rewrites": "layer scales folded into convs, SimpleGate convs cut in halves (exact)",
     "float_by_design": f"activations of the {PROMPT_PATH}; residual and skip sums; per-channel broadcast "
                        f"products (channel attention, FiLM); the image conv(s) {', '.join(IMAGE_LAYERS)} "
-                       f"(weights and input); output of convs with fewer than "
-                       f"{MIN_INT8_OUT_CHANNELS} output channels (int8 weights, float output)",
+                       f"(weights and input); output of the convs in {', '.join(OUTPUT_LAYERS)} and of "
+                       f"convs with fewer than {MIN_INT8_OUT_CHANNELS} output channels (int8 weights, "
+                       "float output)",
     "weight_only": f"conv / linear weights of the {PROMPT_PATH}: int8 symmetric per output channel, "
                    "float activations (the top-k routing sees float queries)",
     "float_layer_semantics": "weights and output stay float; the input is int8 if its producer is quantized",
@@ -117,9 +126,10 @@ def quantizer(float_layers=(), model=None, context: bool = False):
     float_layers = tuple(float_layers) + float_blocks(model, float_layers)
     float_layers += context_float_layers(model) if context else ()
     image = tuple(n for n in present_convs(model, IMAGE_LAYERS) if n not in float_layers)
+    output = tuple(n for n in OUTPUT_LAYERS if n not in float_layers)
     config = quantization_config()
     marker = FloatScopeMarker(scopes, tuple(float_layers), prompt_weight_qspec=config.weight,
-                              image_layers=image)
+                              image_layers=image, output_layers=output)
     with warnings.catch_warnings():  # "XNNPACKQuantizer is deprecated!": see the module docstring
         warnings.simplefilter("ignore")
         xnnpack = XNNPACKQuantizer()
@@ -358,12 +368,13 @@ class FloatScopeMarker(_base_quantizer()):
     else); all other marked nodes get an empty one. Narrow convs and float layers also keep their
     output float (`float_nodes`, see FloatEdgePass), so the runtime cannot fuse them into int8. The
     `image_layers` are float (weights and input) but their consumers still quantize what they read,
-    so the convs after them stay integer."""
+    so the convs after them stay integer. The `output_layers` are treated as narrow convs."""
 
-    def __init__(self, scopes=(), float_layers=(), prompt_weight_qspec=None, image_layers=()):
+    def __init__(self, scopes=(), float_layers=(), prompt_weight_qspec=None, image_layers=(),
+                 output_layers=()):
         super().__init__()
         self.scopes, self.float_layers = tuple(scopes), tuple(float_layers)
-        self.image_layers = tuple(image_layers)
+        self.image_layers, self.output_layers = tuple(image_layers), tuple(output_layers)
         self.prompt_weight_qspec = prompt_weight_qspec
         self.float_nodes: set = set()
 
@@ -379,7 +390,8 @@ class FloatScopeMarker(_base_quantizer()):
             if not prompt and not float_layer and _in_scope(node, self.image_layers):
                 node.meta["quantization_annotation"] = QuantizationAnnotation(_annotated=True)
                 continue
-            narrow = not float_layer and _is_narrow_conv(node)
+            narrow = not float_layer and (_is_narrow_conv(node) or (
+                _weight_input(node) is not None and _in_scope(node, self.output_layers)))
             if not (prompt or float_layer or narrow) and (_is_broadcast_product(node) or
                                                            _is_float_eltwise(node)):
                 node.meta["quantization_annotation"] = QuantizationAnnotation(_annotated=True)

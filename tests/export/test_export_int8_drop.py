@@ -51,6 +51,7 @@ def test_int8_from_a_float_model_records_its_drop_and_warns(tmp_path, monkeypatc
     assert drop["pairs"] == DROP_DESCRIPTION == f"{DROP_PAIRS} held-out val pairs of {DROP_SIZE} px per task"
     on_disk = json.loads((tmp_path / "out" / "edge-xs_openvino_int8.json").read_text())["notes"]
     assert on_disk["int8_drop_db"] == drop
+    assert any(s.startswith("openvino int8: preparing openvino") for s in lines)  # run_qat's progress
     (warning,) = [s for s in lines if s.startswith("warning:")]
     assert "openvino INT8 loses" in warning and "natural/derain" in warning and "--max-drop" in warning
 
@@ -76,7 +77,7 @@ def test_max_drop_reaches_the_sensitivity_search_with_the_folded_tasks_pairs(mon
 
     seen = {}
 
-    def fake_run_qat(model, config, calib, val=None, search_val=None):
+    def fake_run_qat(model, config, calib, val=None, search_val=None, log=None):
         seen.update(config=config, val=val, search=search_val)
         return SimpleNamespace(float_layers=("decoders.0.0",), metrics={})
 

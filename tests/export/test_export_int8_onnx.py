@@ -153,7 +153,7 @@ def _pixel_and_routing_convs(model):
     from torch import nn
 
     from datprl_edge.models.student_blocks import fold_layer_scales, split_gates
-    from datprl_edge.quantize.onnx import IMAGE_LAYERS
+    from datprl_edge.quantize.onnx import IMAGE_LAYERS, OUTPUT_LAYERS
     from datprl_edge.quantize.scope import prompt_path_modules
 
     m = copy.deepcopy(model)
@@ -163,17 +163,19 @@ def _pixel_and_routing_convs(model):
     convs = [n for n, mod in m.named_modules() if isinstance(mod, nn.Conv2d)]
     # query mappers read feature maps but feed the top-k routing; `sca` convs see pooled (B, C, 1, 1)
     # vectors; `ending` (3 outputs: the residual image) is float by the scheme's narrow-conv rule,
-    # `intro` (the image conv) by IMAGE_LAYERS
+    # `intro` (the image conv) by IMAGE_LAYERS, the up-samplers' convs (their output is pixel-shuffled
+    # into a skip sum) by OUTPUT_LAYERS: int8 weights but a float output, so onnxruntime runs them in float
     narrow = {n for n, mod in m.named_modules() if isinstance(mod, nn.Conv2d) and mod.out_channels < 8}
+    shuffled = {n for n in convs if any(n == s or n.startswith(s + ".") for s in OUTPUT_LAYERS)}
     floats = [n for n in convs if n.startswith(routing) or n.endswith(".sca") or n in narrow
-              or n in IMAGE_LAYERS]
+              or n in IMAGE_LAYERS or n in shuffled]
     return len(convs) - len(floats), len(floats)
 
 
 def test_onnxruntime_runs_every_pixel_conv_in_integer_kernels(exported, qat_checkpoint):
-    """From onnxruntime's optimized graph: every feature-map conv but the image ones is a QLinearConv;
-    float convs are the routing, channel-attention and image ones only; the channel split and the
-    layer-scale multiplies are gone."""
+    """From onnxruntime's optimized graph: every feature-map conv but the image and up-sampler ones is a
+    QLinearConv; float convs are the routing, channel-attention, up-sampler and image ones only; the
+    channel split and the layer-scale multiplies are gone."""
     from datprl_edge.runtime.onnx import runtime_kernels
 
     out, _, reports = exported

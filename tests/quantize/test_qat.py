@@ -492,6 +492,35 @@ def test_onnx_scheme_keeps_stream_sums_float(onnx_ptq):
                            for u in user.users), f"{node.name} is quantized for a non-conv consumer"
 
 
+def test_onnx_scheme_keeps_pixel_shuffled_sum_terms_float_at_any_width():
+    """At stem 2 `ending` has 12 outputs (a pixel shuffle makes them the image's residual) and each
+    up-sampler's conv feeds a pixel shuffle into a skip sum: their outputs are not rounded to 8 bits
+    (scheme 6, OUTPUT_LAYERS) while their weights are int8; a block's last conv keeps its quantized output."""
+    import torch as t
+
+    torch.manual_seed(0)
+    model = create_model("edge-q8")
+    gm = run_qat(model, _cfg("onnx", steps=0), _calib(), val=VAL).prepared
+
+    def quantizers_after(node):
+        return [u for u in node.users if u.op == "call_module" and "activation_post_process" in str(u.target)]
+
+    def module_path(node):
+        stack = node.meta.get("nn_module_stack") or {}
+        return [v[0].replace("L['self'].", "").replace("[", ".").replace("]", "") for v in stack.values()]
+
+    convs = {n: module_path(n) for n in gm.graph.nodes if n.target == t.ops.aten.conv2d.default}
+    shuffled = [n for n, paths in convs.items() if any(p == "ending" or p.startswith("ups.") for p in paths)]
+    blocks = [n for n, paths in convs.items() if any(p.startswith("decoders.") and p.endswith(".conv2")
+                                                      for p in paths)]
+    assert model.ending.out_channels == 12 and len(shuffled) == 1 + len(model.ups) and len(blocks) >= 2
+    for conv in shuffled:
+        assert quantizers_after(conv) == [], conv.name
+        weight = conv.args[1]  # the int8 weight: its fake quant feeds the conv
+        assert weight.op == "call_module" and "activation_post_process" in str(weight.target)
+    assert all(len(quantizers_after(conv)) == 1 for conv in blocks)
+
+
 def test_routing_agreement_counts_swapped_prompts(student):
     """An INT8 model that routes one image to other prompts shows up as a flip; the drop on the other
     images is reported apart."""

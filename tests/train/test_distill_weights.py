@@ -61,16 +61,27 @@ def test_distilled_student_restores_better_than_its_input(name):
     assert np.mean(gains) > 0.5
 
 
-@pytest.mark.parametrize("target", ["onnx", "openvino", "coreml"])
-def test_shipped_int8_weights_load_and_stay_close_to_the_float_student(target):
+SHIPPED_INT8 = sorted(p.name for p in WEIGHTS_DIR.glob("*-int8-*.safetensors"))
+
+
+def test_every_student_target_pair_we_document_is_shipped():
+    expected = {f"edge-xs-int8-{t}.safetensors" for t in ("onnx", "openvino", "coreml")}
+    expected |= {f"edge-q8-int8-{t}.safetensors" for t in ("onnx", "openvino", "coreml")}
+    assert expected | {"edge-lat-int8-openvino.safetensors"} == set(SHIPPED_INT8)
+
+
+@pytest.mark.parametrize("name", SHIPPED_INT8)
+def test_shipped_int8_weights_load_and_stay_close_to_the_float_student(name):
     from datprl_edge.core.metrics import psnr
     from datprl_edge.quantize.qat import load_qat
     from datprl_edge.quantize.scope import frozen_observers
 
-    path = WEIGHTS_DIR / f"edge-xs-int8-{target}.safetensors"
+    student, target = name.removesuffix(".safetensors").split("-int8-")
+    path = WEIGHTS_DIR / name
     entry = _manifest()[path.name]
     assert entry["sha256"] == sha256_file(path) and entry["target"] == target
-    assert entry["base_sha256"] == _manifest()["edge-xs.safetensors"]["sha256"]
+    assert entry["base_sha256"] == _manifest()[f"{student}.safetensors"]["sha256"]
+    assert entry["base"] == f"bundled:{student}" and entry["worst_task_drop_db"] <= 0.1
     result = load_qat(path)
     assert result.target == target
     from datprl_edge.data.datasets import validation_set
@@ -79,6 +90,6 @@ def test_shipped_int8_weights_load_and_stay_close_to_the_float_student(target):
     from datprl_edge.quantize.feed import run_image
 
     with torch.no_grad(), frozen_observers(result.prepared):  # zero context where the program takes one
-        int8, fp32 = run_image(result.prepared, lq), load_model("bundled:edge-xs")(lq)
+        int8, fp32 = run_image(result.prepared, lq), load_model(f"bundled:{student}")(lq)
     int8, fp32 = (t[0].clamp(0, 1).permute(1, 2, 0).numpy() for t in (int8, fp32))
     assert psnr(fp32, int8) > 35  # INT8 noise against the FP32 output, not a different model
