@@ -129,3 +129,13 @@ def mean_psnr(values) -> float:
     if not values.size:
         raise ConfigError("a mean PSNR needs at least one image")
     return float(np.mean(np.minimum(values, PSNR_CAP_DB)))
+
+
+MAX_DROP_DB = 10.0  # a larger INT8 drop budget is a typo (1 instead of 0.1), not a quality target
+
+
+def check_drop_budget(value, name: str = "--max-drop") -> None:
+    """A PSNR drop budget (INT8 against FP32): a number of dB in [0, MAX_DROP_DB], else ConfigError."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or not 0 <= value <= MAX_DROP_DB:
+        raise ConfigError(f"{name} is a PSNR budget in dB (0..{MAX_DROP_DB:g}, e.g. 0.1), got {value!r}")

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from datprl_edge.core.errors import ConfigError, UnknownChoiceError
+from datprl_edge.core.metrics import check_drop_budget
 from datprl_edge.core.resources import find_resource, list_resources
 from datprl_edge.core.shapes import parse_hw
 from datprl_edge.core.targets import COMPUTE_UNITS, PRECISIONS, parse_targets, resolve_precision
@@ -67,9 +68,8 @@ class ExportConfig:
         if self.qat_steps is None:
             object.__setattr__(self, "qat_steps", FOLDED_QAT_STEPS if self.task else 0)
         _positive(self.qat_steps, "qat_steps", minimum=0)
-        md = self.max_drop
-        if md is not None and (isinstance(md, bool) or not isinstance(md, (int, float)) or not 0 <= md <= 10):
-            raise ConfigError(f"--max-drop is a PSNR budget in dB (0..10, e.g. 0.1), got {md!r}")
+        if self.max_drop is not None:
+            check_drop_budget(self.max_drop, "--max-drop")
         if self.tile_overlap * 2 >= self.tile_size:
             raise ConfigError(f"tile overlap {self.tile_overlap} must be less than half the tile size "
                               f"{self.tile_size}")

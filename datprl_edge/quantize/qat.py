@@ -19,6 +19,7 @@ from pathlib import Path
 
 from datprl_edge.core import limits
 from datprl_edge.core.errors import CheckpointError, ConfigError, QualityBudgetError, UnknownChoiceError
+from datprl_edge.core.metrics import check_drop_budget
 from datprl_edge.core.targets import target_names
 
 TARGETS = target_names()
@@ -81,10 +82,8 @@ class QATConfig:
         if self.freeze_observers_at is not None and self.freeze_observers_at > 1:
             raise ConfigError(f"freeze_observers_at is a fraction of the steps (0..1), "
                               f"got {self.freeze_observers_at}")
-        md = self.max_drop
-        number = isinstance(md, (int, float)) and not isinstance(md, bool)
-        if md is not None and (not number or not math.isfinite(md) or md < 0):
-            raise ConfigError(f"max_drop is a PSNR budget in dB (>= 0), got {md!r}")
+        if self.max_drop is not None:
+            check_drop_budget(self.max_drop, "max_drop")
         layers = self.float_layers
         if isinstance(layers, str):
             layers = [s.strip() for s in layers.split(",") if s.strip()]

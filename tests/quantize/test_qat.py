@@ -65,8 +65,9 @@ def test_config_validation():
         QATConfig(target="onnx", steps=-1)
     with pytest.raises(ConfigError, match="multiples of 8"):
         QATConfig(target="onnx", crop=36)
-    with pytest.raises(ConfigError, match="max_drop"):
-        QATConfig(target="onnx", max_drop=-0.1)
+    for bad in (-0.1, 11, float("nan"), True, "0.1"):  # the same budget check as export's --max-drop
+        with pytest.raises(ConfigError, match=r"max_drop is a PSNR budget in dB \(0\.\.10"):
+            QATConfig(target="onnx", max_drop=bad)
     assert QATConfig(target="onnx", float_layers="intro, ending").float_layers == ("intro", "ending")
     with pytest.raises(ConfigError, match="routing_weight"):
         QATConfig(target="onnx", routing_weight=float("nan"))
