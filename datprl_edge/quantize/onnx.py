@@ -81,8 +81,9 @@ IMAGE_LAYERS = ("intro",)
 # Convs (here and under these module paths) whose output a pixel shuffle turns into a term of a float
 # sum (the image's residual, a skip sum) get int8 weights and a float output, like a narrow conv,
 # whatever their width (scheme 6). Rounding them to 8 bits per tensor was edge-q8's largest error source
-# (int8_error_sources.py, PTQ): worst drop 0.225 -> 0.100 dB (MRI SR 0.23 -> 0.08), QAT 0.149 -> 0.100;
-# edge-xs all-int8 PTQ 0.71 -> 0.62, QAT 0.27 -> 0.20. onnxruntime ran edge-q8 as fast (11.2 vs 11.4 ms).
+# (int8_error_sources.py, PTQ): worst drop 0.225 -> 0.100 dB (MRI SR 0.23 -> 0.09), QAT 0.149 -> 0.100;
+# edge-xs all-int8 PTQ 0.71 -> 0.62, QAT 0.27 -> 0.20. Cost in onnxruntime (bench --paired): edge-q8 INT8
+# 0.965x the speed of `ending` alone float; edge-xs INT8 1.032x its FP32 against 1.060x (scheme 5).
 OUTPUT_LAYERS = ("ending", "ups")
 WEIGHT_QMAX = 63  # 7-bit weights: no int16 saturation in U8S8 kernels without VNNI (module docstring)
 SCHEME = {
