@@ -15,6 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from init_checkpoint import write_student_init  # noqa: E402  (scripts/, beside this file)
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -24,25 +26,14 @@ def main(argv=None) -> int:
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
 
-    from datprl_edge.core.errors import DatprlEdgeError
-    from datprl_edge.io.atomic import check_output
-    from datprl_edge.io.checkpoint import CheckpointConfig, save_checkpoint
     from datprl_edge.models.student import with_stem
     from datprl_edge.sources import resolve_model
 
-    try:
-        check_output(args.out, overwrite=args.overwrite, suffix=".safetensors")
+    def build():
         model = with_stem(resolve_model(args.source), args.stem)
-        command = " ".join(["python", "scripts/stem_init.py", *(sys.argv[1:] if argv is None else argv)])
-        init = f"{args.source}, models.student.with_stem(stem={args.stem})"
-        cfg = CheckpointConfig(arch="EdgeDATPRL", options=model.datprl_config["options"], stage="student",
-                               provenance={"init": init, "command": command})
-        save_checkpoint(args.out, model.state_dict(), cfg)
-    except DatprlEdgeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out}")
-    return 0
+        return model, f"{args.source}, models.student.with_stem(stem={args.stem})"
+
+    return write_student_init(args.out, args.overwrite, "scripts/stem_init.py", argv, build)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from init_checkpoint import write_student_init  # noqa: E402  (scripts/, beside this file)
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -29,31 +31,20 @@ def main(argv=None) -> int:
 
     import torch
 
-    from datprl_edge.core.errors import DatprlEdgeError
-    from datprl_edge.io.atomic import check_output
-    from datprl_edge.io.checkpoint import CheckpointConfig, save_checkpoint
-    from datprl_edge.models.registry import create_model, model_config
+    from datprl_edge.models.registry import create_model
     from datprl_edge.sources import resolve_model
 
-    try:
-        check_output(args.out, overwrite=args.overwrite, suffix=".safetensors")
+    def build():
         source = resolve_model(args.source).state_dict()
         torch.manual_seed(args.seed)
         model = create_model(args.name)
         state = model.state_dict()
         copied = [k for k, v in state.items() if k in source and source[k].shape == v.shape]
         model.load_state_dict({**state, **{k: source[k] for k in copied}}, strict=True)
-        arch, options = model_config(model)
-        command = " ".join(["python", "scripts/transfer_init.py", *(sys.argv[1:] if argv is None else argv)])
         init = f"{args.name} (seed {args.seed}) with {len(copied)} of {len(state)} tensors from {args.source}"
-        cfg = CheckpointConfig(arch=arch, options=options, stage="student",
-                               provenance={"init": init, "command": command})
-        save_checkpoint(args.out, model.state_dict(), cfg)
-    except DatprlEdgeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out}: {init}")
-    return 0
+        return model, init
+
+    return write_student_init(args.out, args.overwrite, "scripts/transfer_init.py", argv, build)
 
 
 if __name__ == "__main__":
