@@ -51,6 +51,21 @@ def tiny_teacher():
                         degradation_prompt_dim=16)
 
 
+def routed_student(name: str):
+    """A seeded (0) random-init student whose prompt pools are spread (random-init pools hold
+    near-identical prompts), so that its routing choices matter."""
+    import torch
+
+    from datprl_edge.models.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name)
+    with torch.no_grad():
+        model.domain_prompt_pool.prompt_values.normal_()
+        model.degradation_prompt_pool.prompt_values.normal_()
+    return model
+
+
 def flat(model):
     """Every tensor of a model's state dict, concatenated (to compare weights)."""
     import torch

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import routed_student, run_cli
 from safetensors.torch import load_file
 
 import datprl_edge
@@ -40,12 +40,7 @@ def _psnr(a, b):
 
 @pytest.fixture(scope="module")
 def xs():
-    torch.manual_seed(0)
-    model = create_model("edge-xs")
-    with torch.no_grad():  # random-init pools are near-identical; spread them so routing matters
-        model.domain_prompt_pool.prompt_values.normal_()
-        model.degradation_prompt_pool.prompt_values.normal_()
-    return model
+    return routed_student("edge-xs")
 
 
 @pytest.fixture(scope="module")

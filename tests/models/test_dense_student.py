@@ -3,6 +3,7 @@ same prompt method as the gated students, and folds that reproduce it exactly.""
 
 import pytest
 import torch
+from conftest import routed_student
 from torch import nn
 
 from datprl_edge import create_model
@@ -19,12 +20,9 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def q8():
-    torch.manual_seed(0)
-    model = create_model("edge-q8")
-    with torch.no_grad():  # random-init pools are near-identical; spread them so routing matters
-        model.domain_prompt_pool.prompt_values.normal_()
-        model.degradation_prompt_pool.prompt_values.normal_()
-        for m in model.modules():  # and give each FiLM a real effect
+    model = routed_student("edge-q8")
+    with torch.no_grad():
+        for m in model.modules():  # give each FiLM a real effect
             if isinstance(m, GatedFiLM):
                 m.prompt_film.weight.normal_(std=0.3)
     return model

@@ -5,6 +5,7 @@ edge-xs."""
 import numpy as np
 import pytest
 import torch
+from conftest import routed_student
 
 from datprl_edge import create_model
 from datprl_edge.core.errors import ConfigError
@@ -17,11 +18,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def lat():
-    torch.manual_seed(0)
-    model = create_model("edge-lat")
-    with torch.no_grad():  # spread the random-init pools so that routing matters
-        model.domain_prompt_pool.prompt_values.normal_()
-        model.degradation_prompt_pool.prompt_values.normal_()
+    model = routed_student("edge-lat")
+    with torch.no_grad():
         model.ending.weight.normal_(std=0.05)
     return model.eval()
 

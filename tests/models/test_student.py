@@ -5,6 +5,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import routed_student
 
 from datprl_edge import create_model
 from datprl_edge.core.errors import ChannelCountError, ConfigError
@@ -17,13 +18,7 @@ BUDGETS = {"edge-xs": 1e9, "edge-s": 3e9}
 
 @pytest.fixture(scope="module")
 def xs():
-    torch.manual_seed(0)
-    model = create_model("edge-xs")
-    # Random-init pools hold near-identical prompts; spread them so routing choices matter.
-    with torch.no_grad():
-        model.domain_prompt_pool.prompt_values.normal_()
-        model.degradation_prompt_pool.prompt_values.normal_()
-    return model
+    return routed_student("edge-xs")
 
 
 def test_odd_sizes_pad_and_crop(xs):
