@@ -193,7 +193,7 @@ def variant_plan(args) -> list[tuple]:
 
 def results_name(student: str) -> str:
     """Where a student's QAT accuracy is kept in benchmarks/results (run with -o, or merged, there)."""
-    return "qat_accuracy.json" if student == "edge-xs" else f"qat_accuracy_{student}.json"
+    return OUT.name if student == "edge-xs" else f"{OUT.stem}_{student}.json"
 
 
 def update_manifest(path: Path, variant: str, drop: dict, name: str = "edge-xs") -> None:
