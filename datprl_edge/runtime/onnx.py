@@ -140,7 +140,7 @@ def bench_details(session, options: dict) -> dict:
 
 
 INTEGER_CONVS = ("QLinearConv", "ConvInteger")
-FLOAT_CONVS = ("Conv", "FusedConv", "NchwcConv")
+FLOAT_CONVS = ("Conv", "FusedConv", "NchwcConv", "ConvTranspose")
 
 
 def runtime_kernels(path, threads: int = 1) -> dict:

@@ -53,15 +53,18 @@ def test_qdq_onnx_holds_int8_weights(exported, qat_checkpoint):
     from torch import nn
 
     model = qat_checkpoint[0]
-    from datprl_edge.quantize.onnx import context_float_layers
-
-    kept = {model.get_submodule(name) for name in context_float_layers(model)}  # float by design
-    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m not in kept]
-    quantized = sum(m.weight.numel() for m in layers)
-    assert kept and info["weight_bytes"]["int8"] >= quantized  # every other weight, prompt path included
+    integer, floats, ups = _onnx_conv_kinds(model)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    # every Linear (prompt path included), every conv in an integer kernel and the up-samplers' convs;
+    # the other float convs keep their QAT weights dequantized (onnxruntime's NCHWc kernels need them)
+    layers = linears + list(integer.values()) + list(ups.values())
+    weights = sum(m.weight.numel() for m in layers)
+    zero_points = sum(m.weight.shape[0] for m in layers)  # int8 zeros per output channel, some shared
+    assert ups and weights <= info["weight_bytes"]["int8"] <= weights + zero_points
+    assert info["weight_bytes"]["float32"] >= 4 * sum(m.weight.numel() for m in floats.values())
     total_params = sum(p.numel() for p in model.parameters())
     # the float channel-attention convs (9 % of the weights) keep it above a quarter of the fp32 size
-    assert info["weight_bytes"]["int8"] + info["weight_bytes"]["float32"] < 0.35 * 4 * total_params
+    assert info["weight_bytes"]["int8"] + info["weight_bytes"]["float32"] < 0.4 * 4 * total_params
 
 
 def test_prompt_path_is_weight_only_int8(exported, qat_checkpoint):
@@ -75,21 +78,25 @@ def test_prompt_path_is_weight_only_int8(exported, qat_checkpoint):
     int8 = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.INT8}
     producer = {out: node for node in graph.node for out in node.output}
 
-    def from_dq(name, int8_only=False):
+    def int8_weight(name):  # DequantizeLinear of int8, maybe reordered for a ConvTranspose
         node = producer.get(name)
-        return node is not None and node.op_type == "DequantizeLinear" and (
-            not int8_only or node.input[0] in int8)
+        while node is not None and node.op_type in ("Reshape", "Transpose"):
+            node = producer.get(node.input[0])
+        return node is not None and node.op_type == "DequantizeLinear" and node.input[0] in int8
 
-    from datprl_edge.quantize.onnx import IMAGE_LAYERS, context_float_layers
-
-    weighted = [n for n in graph.node if n.op_type in ("Conv", "Gemm")]
-    float_weights = [n for n in weighted if not from_dq(n.input[1], int8_only=True)]
-    # only the channel-attention convs on the context entries and the image conv keep float weights
-    assert weighted and len(float_weights) == len(context_float_layers(qat_checkpoint[0])) + len(IMAGE_LAYERS)
+    _, floats, ups = _onnx_conv_kinds(qat_checkpoint[0])
+    weighted = [n for n in graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm")]
+    float_weights = [n for n in weighted if not int8_weight(n.input[1])]
+    # float weights: the convs onnxruntime runs in float (image, routing, narrow, channel-attention on
+    # the context), stored dequantized; the up-samplers (ConvTranspose) read int8 through DequantizeLinear
+    assert weighted and len(float_weights) == len(floats) and all(n.op_type == "Conv" for n in float_weights)
     assert any(n.input[1] == "intro.weight" for n in float_weights)
-    assert all(n.op_type == "Conv" for n in float_weights)
+    transposed = [n for n in graph.node if n.op_type == "ConvTranspose"]
+    assert len(transposed) == len(ups) and all(int8_weight(n.input[1]) for n in transposed)
     gemms = [n for n in graph.node if n.op_type == "Gemm"]  # edge-xs: every Linear is on the prompt path
-    assert len(gemms) == linears and not any(from_dq(n.input[0]) for n in gemms)
+    assert len(gemms) == linears and all(int8_weight(n.input[1]) for n in gemms)
+    assert not any(producer.get(n.input[0]) is not None and producer[n.input[0]].op_type == "DequantizeLinear"
+                   for n in gemms)
 
 
 def test_parity_against_fake_quant_and_report(exported):
@@ -146,8 +153,10 @@ def test_cli_reads_a_qat_checkpoint(qat_checkpoint, exported, capsys, tmp_path, 
     assert "QAT checkpoint" in out and cmd.DEFAULT_MODEL == "bundled:edge-xs"
 
 
-def _pixel_and_routing_convs(model):
-    """(convs the scheme quantizes, convs it keeps float) of edge-xs as the ONNX scheme rewrites it."""
+def _onnx_conv_kinds(model):
+    """({name: conv} the scheme quantizes, {name: conv} onnxruntime runs in float but the up-samplers,
+    {name: conv} of the up-samplers, which the export turns into ConvTranspose) of edge-xs as the ONNX
+    scheme rewrites it."""
     import copy
 
     from torch import nn
@@ -169,7 +178,10 @@ def _pixel_and_routing_convs(model):
     shuffled = {n for n in convs if any(n == s or n.startswith(s + ".") for s in OUTPUT_LAYERS)}
     floats = [n for n in convs if n.startswith(routing) or n.endswith(".sca") or n in narrow
               or n in IMAGE_LAYERS or n in shuffled]
-    return len(convs) - len(floats), len(floats)
+    kinds = ({n: m.get_submodule(n) for n in convs if n not in floats},
+             {n: m.get_submodule(n) for n in floats if not n.startswith("ups.")},
+             {n: m.get_submodule(n) for n in floats if n.startswith("ups.")})
+    return kinds
 
 
 def test_onnxruntime_runs_every_pixel_conv_in_integer_kernels(exported, qat_checkpoint):
@@ -180,15 +192,18 @@ def test_onnxruntime_runs_every_pixel_conv_in_integer_kernels(exported, qat_chec
 
     out, _, reports = exported
     kernels = runtime_kernels(out / "edge-xs_onnx_int8.onnx")
-    integer, routing = _pixel_and_routing_convs(qat_checkpoint[0])
-    assert kernels["integer_convs"] == integer and integer >= 40
-    assert kernels["float_convs"] <= routing
+    integer, floats, ups = _onnx_conv_kinds(qat_checkpoint[0])
+    assert kernels["integer_convs"] == len(integer) >= 40
+    assert kernels["float_convs"] <= len(floats) + len(ups)
+    # the up-samplers run as ConvTranspose, no pixel shuffle is left (edge-xs has no stem shuffle)
+    assert kernels["ops"].get("ConvTranspose") == len(ups) and "DepthToSpace" not in kernels["ops"]
     from datprl_edge.quantize.scope import film_modules
 
     # the only splits left are the FiLM projections' (B, 2C) -> 2 x (B, C) on the prompt path and the
     # two (B, K) context inputs cut into their entries
     assert kernels["ops"].get("Split", 0) <= len(film_modules(qat_checkpoint[0])) + 2
-    assert reports["onnx"].notes["onnxruntime_convs"].startswith(f"{integer} integer")
+    assert reports["onnx"].notes["onnxruntime_convs"].startswith(f"{len(integer)} integer")
+    assert f"upsamplers to conv transpose: {len(ups)}" in reports["onnx"].notes["onnxruntime_rewrites"]
 
 
 def test_int8_weights_cannot_saturate_without_vnni(exported):
