@@ -74,12 +74,15 @@ def quantized(model, target: str, name: str = "edge-xs"):
     return run_qat(model, config, calib), int8_description(target, name)
 
 
-def build_student(out: Path, log=print, name: str = "edge-xs", targets=("onnx", "openvino")) -> dict:
+def build_student(out: Path, log=print, name: str = "edge-xs", targets=("onnx", "openvino"),
+                  onnx_rewrites: bool = True) -> dict:
     """Export the student `name` FP32 + INT8 to each target in `out`. Artifacts already there are
     reused while their source (recorded in sources-NAME.json) is still the one that would be chosen
-    now: shipping bundled or QAT weights later makes the next run rebuild them."""
+    now: shipping bundled or QAT weights later, or a new version of the ONNX rewrites, makes the next
+    run rebuild them. `onnx_rewrites` False: ONNX files as traced (`export --plain-onnx`)."""
     from datprl_edge.core.targets import resolve_target
     from datprl_edge.export.driver import ExportConfig, export_model
+    from datprl_edge.export.onnx_runtime_graph import REWRITES
 
     out.mkdir(parents=True, exist_ok=True)
     sources_file = out / f"sources-{name}.json"
@@ -90,14 +93,17 @@ def build_student(out: Path, log=print, name: str = "edge-xs", targets=("onnx", 
     for t in targets:
         wanted[f"{t}_int8"] = f"{wanted['fp32']}; INT8 from {int8_description(t, name)}"
 
+    wanted["onnx_graph"] = REWRITES if onnx_rewrites else "as traced (--plain-onnx)"
+
     def source_key(key):  # the FP32 artifacts share one source entry
         return "fp32" if key.endswith("fp32") else key
 
-    stale = {k for k, p in paths.items() if not p.exists() or old.get(source_key(k)) != wanted[source_key(k)]}
+    stale = {k for k, p in paths.items() if not p.exists() or old.get(source_key(k)) != wanted[source_key(k)]
+             or (k.startswith("onnx") and old.get("onnx_graph") != wanted["onnx_graph"])}
     if stale:
         model, _ = student(name)
         small = dict(verify_images=2, verify_size=(96, 128), model_name=name, overwrite=True,
-                     source_sha256=student_sha256(name) or "random-init")
+                     source_sha256=student_sha256(name) or "random-init", onnx_rewrites=onnx_rewrites)
         fp32 = tuple(t for t in targets if f"{t}_fp32" in stale)
         if fp32:
             log(f"exporting {name} at fp32 ({', '.join(fp32)})")

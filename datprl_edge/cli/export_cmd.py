@@ -54,6 +54,8 @@ def register(subparsers):
     p.add_argument("--network", metavar="CFG", help="YAML/JSON with the network_g block of a released .pth")
     p.add_argument("--name", metavar="NAME", help="model name used in artifact names and metadata")
     p.add_argument("--overwrite", action="store_true", help="replace existing artifacts")
+    p.add_argument("--plain-onnx", action="store_true",
+                   help="ONNX: write the graph as traced, without the rewrites for onnxruntime's kernels")
     p.add_argument("--json", action="store_true", help="print the reports as JSON")
     p.set_defaults(func=run)
 
@@ -83,7 +85,8 @@ def run(args) -> int:
             fields[key] = value
     if args.verify_size:
         fields["verify_size"] = parse_hw(args.verify_size)
-    config = ExportConfig(**fields, model_name=args.name, overwrite=args.overwrite)  # checked before loading
+    config = ExportConfig(**fields, model_name=args.name, overwrite=args.overwrite,
+                          onnx_rewrites=not args.plain_onnx)  # checked before loading
     reports, labels = [], []
 
     def say(msg):

@@ -46,6 +46,9 @@ class ExportConfig:
     source_sha256: str | None = None
     profile: str | None = None
     overwrite: bool = False
+    # ONNX: rewrite the graph into ops onnxruntime runs fast (export/onnx_runtime_graph.py); False
+    # writes the graph as torch's exporter traced it, for other ONNX runtimes
+    onnx_rewrites: bool = True
 
     def precisions_for(self, default: str) -> list[str]:
         """The precisions to export for a target whose default is `default`."""
@@ -76,6 +79,8 @@ class ExportConfig:
         if self.verify_images > 16:
             raise ConfigError(f"verify_images must be 1..16 (a few images are enough), "
                               f"got {self.verify_images}")
+        if not isinstance(self.onnx_rewrites, bool):
+            raise ConfigError(f"onnx_rewrites must be true or false, got {self.onnx_rewrites!r}")
         units = str(self.compute_units).upper()
         if units not in COMPUTE_UNITS:
             raise UnknownChoiceError("Core ML compute units", str(self.compute_units), COMPUTE_UNITS)

@@ -94,6 +94,7 @@ class ExportJob:
     notes: dict = dataclasses.field(default_factory=dict)  # for the report (e.g. the fold)
     # [(name, size)] of the artifact's context inputs; [] for an image-only artifact
     context_layout: list = dataclasses.field(default_factory=list)
+    onnx_rewrites: bool = True  # ExportConfig.onnx_rewrites
 
     @property
     def dynamic(self) -> bool:
@@ -233,7 +234,7 @@ def export_model(model, config: ExportConfig, out_dir, *, progress=None) -> list
                             pad_multiple=pad_multiple,
                             tile_size=config.tile_size, compute_units=config.compute_units, quant=quant,
                             cache=cache, notes={**fold_notes, **({"int8_drop_db": drop} if drop else {})},
-                            context_layout=list(layout))
+                            context_layout=list(layout), onnx_rewrites=config.onnx_rewrites)
             report = _export_one(spec, job, images, out_dir, stems[(spec.name, precision)], int8_source)
             (reports if report.passed else failures).append(report)
         if failures:

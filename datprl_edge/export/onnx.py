@@ -19,7 +19,7 @@ from pathlib import Path
 
 from datprl_edge.core.artifacts import CONTEXT_MIX_NAME, CONTEXT_NAME, METADATA_PREFIX, quiet, require
 from datprl_edge.core.errors import ConfigError, VerificationError
-from datprl_edge.export.onnx_runtime_graph import optimize_for_onnxruntime
+from datprl_edge.export.onnx_runtime_graph import REWRITES, optimize_for_onnxruntime
 
 OPSET = 18  # the dynamo exporter's lowest opset; the issue asks for >= 17
 FP16_METHOD = "onnxruntime.transformers.float16.convert_float_to_float16(keep_io_types=True)"
@@ -30,7 +30,7 @@ def export(job, dest: Path) -> dict:
     onnx = require("onnx", purpose="writing ONNX files")
     proto, notes = runtime_graph(job, job.precision)
     proto = onnx.ModelProto.FromString(proto.SerializeToString())  # the cache keeps the clean copy
-    set_metadata(proto, job.metadata)
+    set_metadata(proto, {**job.metadata, "onnx_graph": REWRITES if job.onnx_rewrites else "as traced"})
     if job.context_layout:
         add_context_defaults(proto, job.context_size)
     onnx.checker.check_model(proto)
@@ -56,6 +56,9 @@ def runtime_graph(job, precision: str):
         else:
             onnx = require("onnx", purpose="writing ONNX files")
             proto, notes = onnx_model(job, precision)
+            if not job.onnx_rewrites:
+                job.cache[key] = (proto, {**notes, "onnxruntime_rewrites": "off (--plain-onnx)"})
+                return job.cache[key]
             proto = onnx.ModelProto.FromString(proto.SerializeToString())
             rewrites = optimize_for_onnxruntime(proto)
             done = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in rewrites.items() if v)

@@ -25,6 +25,10 @@ import numpy as np
 from datprl_edge.core.artifacts import require
 
 UNSHUFFLE_PERM = [0, 1, 3, 5, 2, 4]
+# what the rewrites do, recorded in each ONNX artifact's metadata (`onnx_graph`); a new rewrite gets a
+# new version, so that benchmark artifacts built by an older one are rebuilt
+REWRITES = ("onnxruntime rewrites v1 (ConvTranspose up-samplers, SpaceToDepth pixel unshuffles, "
+            "float convs' weights dequantized)")
 
 
 def optimize_for_onnxruntime(proto) -> dict:
@@ -75,7 +79,7 @@ class _Graph:
         node = self.producer.get(name)
         if node is None:
             return None
-        if node.op_type in self.ELEMENTWISE + ("Pad",):
+        if node.op_type in self.ELEMENTWISE + ("Pad", "Conv"):
             return self.rank(node.input[0])
         if node.op_type == "Reshape":
             pieces = self.pieces(node.input[1])
@@ -93,6 +97,11 @@ class _Graph:
             return None
         if node.op_type in self.ELEMENTWISE:
             return self.dim(node.input[0], axis)
+        if node.op_type == "Conv" and axis == 1:  # its weight's output channels
+            weight = self.array(node.input[1])
+            if weight is None and self.op(node.input[1]) == "DequantizeLinear":
+                weight = self.array(self.producer[node.input[1]].input[0])
+            return int(weight.shape[0]) if weight is not None else None
         if node.op_type == "Pad":
             pads, rank = self.pieces(node.input[1]), self.rank(node.input[0])
             if pads is None or rank is None or len(pads) != 2 * rank:

@@ -40,21 +40,24 @@ def _copy(proto):
     return onnx.ModelProto.FromString(proto.SerializeToString())
 
 
-@pytest.mark.parametrize("channels,factor", [(3, 2), (1, 4)])
-def test_pixel_unshuffle_becomes_space_to_depth(channels, factor):
+@pytest.mark.parametrize("channels,factor,features", [(3, 2, 0), (1, 4, 0), (3, 2, 5)])
+def test_pixel_unshuffle_becomes_space_to_depth(channels, factor, features):
+    """The image (the students' stem) or a conv's output (`features` channels; Restormer's
+    down-samplers), padded to a multiple of the factor in the graph as the student does."""
     import torch
     from torch import nn
 
-    class Stem(nn.Module):  # pads to a multiple of the factor in the graph, as the student does
+    class Stem(nn.Module):
         def __init__(self):
             super().__init__()
+            self.first = nn.Conv2d(channels, features, 3, padding=1) if features else nn.Identity()
             self.unshuffle = nn.PixelUnshuffle(factor)
-            self.conv = nn.Conv2d(channels * factor * factor, 4, 3, padding=1)
+            self.conv = nn.Conv2d((features or channels) * factor * factor, 4, 3, padding=1)
 
         def forward(self, x):
             h, w = x.shape[-2:]
             x = nn.functional.pad(x, (0, (-w) % factor, 0, (-h) % factor))
-            return self.conv(self.unshuffle(x))
+            return self.conv(self.unshuffle(self.first(x)))
 
     torch.manual_seed(0)
     before = _export(Stem(), channels)
@@ -65,7 +68,7 @@ def test_pixel_unshuffle_becomes_space_to_depth(channels, factor):
     assert _ops(after)["SpaceToDepth"] == 1 and "Transpose" not in _ops(after)
     for size in ((32, 48), (37, 61)):
         x = np.random.default_rng(1).random((1, channels, *size), dtype=np.float32)
-        np.testing.assert_array_equal(_run(after, x), _run(before, x))
+        np.testing.assert_allclose(_run(after, x), _run(before, x), atol=1e-6)
 
 
 def test_float_upsampler_becomes_conv_transpose_behind_its_clip():
@@ -184,19 +187,32 @@ def test_near_misses_are_left_alone(kind):
 
 def test_stem_student_export_runs_without_six_dimensional_transposes(tmp_path):
     """A stem-2 student (pixel-unshuffled input) exported to ONNX: the stem is a SpaceToDepth, the
-    up-samplers ConvTransposes, and the file still passes the export's check against torch."""
+    up-samplers ConvTransposes, the file passes the export's check against torch and computes what the
+    file written as traced (`--plain-onnx`) computes; each file's metadata says which graph it holds."""
     import torch
 
     from datprl_edge.export.driver import ExportConfig, export_model
+    from datprl_edge.export.onnx_runtime_graph import REWRITES
     from datprl_edge.models.registry import create_model
+    from datprl_edge.runtime.onnx import read_metadata
 
     torch.manual_seed(0)
-    (report,) = export_model(create_model("edge-lat"), ExportConfig(targets="onnx", precision="fp32",
-                                                                     model_name="edge-lat", verify_images=1,
-                                                                     verify_size=(60, 68)), tmp_path)
-    assert report.passed
-    proto = onnx.load(str(tmp_path / "edge-lat_onnx_fp32.onnx"))
-    ops = _ops(proto)
+    model = create_model("edge-lat")
+    files, notes = {}, {}
+    for rewrites in (True, False):
+        out = tmp_path / str(rewrites)
+        (report,) = export_model(model, ExportConfig(targets="onnx", precision="fp32", model_name="edge-lat",
+                                                     verify_images=1, verify_size=(60, 68),
+                                                     onnx_rewrites=rewrites), out)
+        assert report.passed
+        notes[rewrites] = report.notes["onnxruntime_rewrites"]
+        files[rewrites] = onnx.load(str(out / "edge-lat_onnx_fp32.onnx"))
+        meta = read_metadata(out / "edge-lat_onnx_fp32.onnx")
+        assert meta["onnx_graph"] == (REWRITES if rewrites else "as traced")
+    assert "pixel unshuffle to space to depth: 1" in notes[True] and notes[False] == "off (--plain-onnx)"
+    ops, plain = _ops(files[True]), _ops(files[False])
     assert ops["SpaceToDepth"] == 1 and ops["ConvTranspose"] == 3 and "Transpose" not in ops
-    assert ops["DepthToSpace"] == 1  # the ending's shuffle back to full resolution (a 3x3 conv)
-    assert "pixel unshuffle to space to depth: 1" in report.notes["onnxruntime_rewrites"]
+    assert ops["DepthToSpace"] == 1  # the ending's shuffle back to full resolution (after a 3x3 conv)
+    assert plain["DepthToSpace"] == 4 and plain["Transpose"] == 1 and "ConvTranspose" not in plain
+    x = np.random.default_rng(7).random((1, 3, 52, 76), dtype=np.float32)
+    np.testing.assert_allclose(_run(files[True], x), _run(files[False], x), atol=1e-5)
