@@ -91,8 +91,9 @@ class _Graph:
         """The size of `name` along `axis` where it is fixed by the graph, else None."""
         for i in self.g.input:
             if i.name == name:
-                d = i.type.tensor_type.shape.dim[axis]
-                return d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                dims = i.type.tensor_type.shape.dim
+                d = dims[axis] if axis < len(dims) else None
+                return d.dim_value if d is not None and d.HasField("dim_value") and d.dim_value > 0 else None
         node = self.producer.get(name)
         if node is None:
             return None
@@ -104,6 +105,8 @@ class _Graph:
                 weight = self.array(self.producer[node.input[1]].input[0])
             return int(weight.shape[0]) if weight is not None else None
         if node.op_type == "Pad":
+            if len(node.input) > 3 and node.input[3]:  # pads over chosen `axes`: not analysed
+                return None
             pads, rank = self.pieces(node.input[1]), self.rank(node.input[0])
             if pads is None or rank is None or len(pads) != 2 * rank:
                 return None
