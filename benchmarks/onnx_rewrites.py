@@ -33,7 +33,8 @@ SHAPE = (256, 256)
 
 
 def member_files(root: Path, name: str) -> dict:
-    """{label: path} of the four files; the traced ones are copied under a name of their own."""
+    """{"files": {label: path} of the four files, copied under names of their own; "sources": where the
+    weights came from}."""
     rewritten = build.build_student(root / "rewritten", name=name, targets=("onnx",))
     traced = build.build_student(root / "traced", name=name, targets=("onnx",), onnx_rewrites=False)
     files = {}
@@ -60,6 +61,7 @@ def measure(files: dict, threads: int, seconds: float) -> dict:
         "p50_ms": {k: rows[files[k].name]["latency_ms"]["p50"] for k in order},
         "speed_vs_fp32_traced": {k: comparison["speedup_vs_baseline"][files[k].name] for k in order[1:]},
         "rewrite_gain_fp32": round(speed["fp32_rewritten"], 3),
+        # ratios of the paired medians against the traced FP32 file (one baseline for all three)
         "rewrite_gain_int8": round(speed["int8_rewritten"] / speed["int8_traced"], 3),
         "int8_vs_fp32_traced": round(speed["int8_traced"], 3),
         "int8_vs_fp32_rewritten": round(speed["int8_rewritten"] / speed["fp32_rewritten"], 3),
