@@ -65,6 +65,16 @@ class _Graph:
             return onnx.numpy_helper.to_array(node.attribute[0].t)
         return None
 
+    def weight(self, name):
+        """(constant values, None) of a float weight; (int8 values, its DequantizeLinear) of a
+        dequantized one; (None, None) when the weight is computed."""
+        value = self.array(name)
+        if value is None and self.op(name) == "DequantizeLinear":
+            dq = self.producer[name]
+            value = self.array(dq.input[0])
+            return (value, dq) if value is not None else (None, None)
+        return value, None
+
     def op(self, name):
         node = self.producer.get(name)
         return node.op_type if node is not None else None
@@ -100,9 +110,7 @@ class _Graph:
         if node.op_type in self.ELEMENTWISE:
             return self.dim(node.input[0], axis)
         if node.op_type == "Conv" and axis == 1:  # its weight's output channels
-            weight = self.array(node.input[1])
-            if weight is None and self.op(node.input[1]) == "DequantizeLinear":
-                weight = self.array(self.producer[node.input[1]].input[0])
+            weight, _ = self.weight(node.input[1])
             return int(weight.shape[0]) if weight is not None else None
         if node.op_type == "Pad":
             if len(node.input) > 3 and node.input[3]:  # pads over chosen `axes`: not analysed
@@ -224,10 +232,7 @@ def _one_upsampler(g: _Graph, conv):
     onnx = require("onnx")
     if conv.op_type != "Conv" or (len(conv.input) > 2 and conv.input[2]):
         return None
-    w, dq = g.array(conv.input[1]), None
-    if w is None and g.op(conv.input[1]) == "DequantizeLinear":  # int8 weight: keep it int8
-        dq = g.producer[conv.input[1]]
-        w = g.array(dq.input[0])
+    w, dq = g.weight(conv.input[1])  # an int8 weight (dq given) stays int8
     if (w is None or w.ndim != 4 or w.shape[2:] != (1, 1) or g.attr(conv, "group", 1) != 1
             or any(s != 1 for s in g.attr(conv, "strides", [1, 1]))
             or any(p != 0 for p in g.attr(conv, "pads", [0, 0, 0, 0]))):
