@@ -98,10 +98,28 @@ def test_teacher_cache_refuses_on_the_fly_pairs():
         cfg(teacher_cache="on")
 
 
-def test_time_budget_fits_the_step_count(tmp_path):
+class StepClock:
+    """The engine's clock, advanced by a fixed time per training step (the step callback), so the
+    budget tests do not depend on how fast this machine runs a step."""
+
+    def __init__(self, monkeypatch, per_step: float):
+        from types import SimpleNamespace
+
+        from datprl_edge.train import engine
+
+        self.now, self.per_step = 0.0, per_step
+        monkeypatch.setattr(engine, "time", SimpleNamespace(perf_counter=lambda: self.now))
+
+    def __call__(self, step):
+        self.now += self.per_step
+
+
+def test_time_budget_fits_the_step_count(tmp_path, monkeypatch):
+    clock = StepClock(monkeypatch, per_step=0.125)
     c = cfg(steps=10_000, time_budget=4.0, output_weight=0.0, feature_weight=0.0, routing_weight=0.0)
-    res = distill(None, create_model("edge-xs"), c, TASKS, tmp_path / "b")
-    assert 12 <= res.steps < 10_000
+    res = distill(None, create_model("edge-xs"), c, TASKS, tmp_path / "b", step_callback=clock)
+    # fitted at step 12 from the rate since the warm-up (step 3): 12 + (4.0 - 1.5) / 0.125
+    assert res.steps == 32
     log = [json.loads(x) for x in (tmp_path / "b/train.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == res.steps and log[-1]["lr"] < 2e-4  # the cosine ran to its end
     saved = json.loads((tmp_path / "b/progress.json").read_text())
@@ -132,14 +150,20 @@ def test_resumed_budgeted_run_finishes_its_fitted_steps(tmp_path, monkeypatch):
     c = cfg(steps=10_000, time_budget=3.0, ckpt_every=1, output_weight=0.0, feature_weight=0.0,
             routing_weight=0.0)
 
+    clock, stop = StepClock(monkeypatch, per_step=0.25), stop_at(3)
+
+    def step(done):
+        clock(done)
+        stop(done)
+
     with pytest.raises(KeyboardInterrupt):
-        distill(None, create_model("edge-xs"), c, TASKS, tmp_path / "r", step_callback=stop_at(3))
+        distill(None, create_model("edge-xs"), c, TASKS, tmp_path / "r", step_callback=step)
     from datprl_edge.train.checkpointing import saved_config
 
     fitted = saved_config(tmp_path / "r/state.pt")["steps"]
-    assert 3 <= fitted < 10_000
+    assert fitted == 12  # fitted at step 2 from the rate since step 1: 2 + (3.0 - 0.5) / 0.25
     res = distill(None, create_model("edge-xs"), replace(c, time_budget=0.5), TASKS, tmp_path / "r",
-                  resume=True)
+                  resume=True, step_callback=clock)
     assert res.steps == fitted  # the step count fitted before the checkpoint; the new budget is ignored
 
 
