@@ -235,10 +235,12 @@ def quantize_for_target(float_model, qat, target: str, config, progress=None):
         layers = ", ".join(result.float_layers) or "none"
         how += f", --max-drop {config.max_drop:g} dB (float layers: {layers})"
     how = f"{how} of the float model with the {target} quantizer on {described}"
-    skipped = result.metrics.get("calibration_crops_skipped")
+    skipped = [(n, what) for what in ("calibration", "training")
+               if (n := result.metrics.get(f"{what}_crops_skipped"))]
     if skipped:
-        how += (f"; {skipped} calibration crop(s) left out (the float model runs them only through its "
-                "activation clamps, models.bounds)")
+        crops = " and ".join(f"{n} {what} crop(s)" for n, what in skipped)
+        how += (f"; {crops} left out (the float model runs them only through its activation clamps, "
+                "models.bounds)")
     return result, how
 
 

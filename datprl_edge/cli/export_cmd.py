@@ -125,4 +125,7 @@ def format_reports(reports) -> str:
         if drop:
             per = ", ".join(f"{t} {d:+.3f}" for t, d in drop["tasks"].items())
             notes.append(f"{r.path.name}: PSNR drop against the float model, {drop['pairs']}: {per} dB")
+            if drop.get("fidelity_db"):
+                near = ", ".join(f"{t} {d:.1f}" for t, d in drop["fidelity_db"].items())
+                notes.append(f"{r.path.name}: PSNR of its outputs against the float model's: {near} dB")
     return format_table(rows) + "".join(f"\n{n}" for n in notes)

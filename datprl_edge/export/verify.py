@@ -125,11 +125,16 @@ def warn_drop(progress, target: str, drop, config) -> None:
 
 
 def int8_drop(quant, from_float: bool, pairs: str) -> dict | None:
-    """{tasks: {task: dB}, worst, worst_task, pairs} of an INT8 result made here from a float model:
-    its PSNR drop against that model on `pairs` (`sources.drop_pairs`); None otherwise."""
-    d = (getattr(quant, "metrics", None) or {}).get("drop_db") if from_float else None
+    """{tasks: {task: dB}, worst, worst_task, pairs, fidelity_db} of an INT8 result made here from a
+    float model: its PSNR drop against that model on `pairs` (`sources.drop_pairs`), and the PSNR of
+    its outputs against the float model's (`fidelity_db`, per task: how closely it tracks the float
+    model, which a small drop alone does not say); None otherwise."""
+    metrics = (getattr(quant, "metrics", None) or {}) if from_float else {}
+    d = metrics.get("drop_db")
     if not d:
         return None
     tasks = {t: round(float(v), 4) for t, v in d["tasks"].items()}
     worst = max(tasks, key=tasks.get)
-    return {"tasks": tasks, "worst": tasks[worst], "worst_task": worst, "pairs": pairs}
+    fidelity = {t: round(float(v), 2) for t, v in (metrics.get("psnr_int8_vs_fp32") or {}).items()}
+    return {"tasks": tasks, "worst": tasks[worst], "worst_task": worst, "pairs": pairs,
+            **({"fidelity_db": fidelity} if fidelity else {})}

@@ -102,6 +102,34 @@ def random_batch(pairs: list[Pair], batch: int, crop: int, gen: torch.Generator)
     return torch.stack(lqs), (torch.stack(gts) if with_gt else None)
 
 
+def kept_batch(pairs: list[Pair], batch: int, crop: int, gen: torch.Generator, keep=None):
+    """(lq, gt or None, how many crops `keep` turned down): `random_batch` with each crop `keep(x)` -> (B,)
+    bool turns down replaced by later draws (at most 8 more batches, so a batch can come out smaller).
+    Without turned-down crops the batch is `random_batch`'s."""
+    lq, gt = random_batch(pairs, batch, crop, gen)
+    if keep is None:
+        return lq, gt, 0
+    mask = keep(lq)
+    down = int((~mask).sum())
+    if not down:
+        return lq, gt, 0
+    lqs, gts = [lq[mask]], [gt[mask]] if gt is not None else None
+    for _ in range(8):
+        if sum(len(x) for x in lqs) >= batch:
+            break
+        x, y = random_batch(pairs, batch, crop, gen)
+        m = keep(x)
+        down += int((~m).sum())
+        lqs.append(x[m])
+        if gts is not None:
+            gts.append(y[m])
+    lq = torch.cat(lqs)[:batch]
+    if not len(lq):
+        raise ConfigError("every training crop drives the float model far outside its activation bounds "
+                          "(models.bounds); train on images of the tasks it was trained for")
+    return lq, (torch.cat(gts)[:batch] if gts is not None else None), down
+
+
 def _fit(t: torch.Tensor, size: int) -> torch.Tensor:
     ph, pw = max(0, size - t.shape[1]), max(0, size - t.shape[2])
     if ph or pw:
@@ -169,7 +197,8 @@ def drops(reference: dict, quantized: dict) -> dict:
     return {"tasks": per, "worst": max(per.values()), "mean": float(np.mean(list(per.values())))}
 
 
-def train(prepared, ref_model, pairs, cfg, *, log=None, state_dir=None, frozen=(), select=None) -> dict:
+def train(prepared, ref_model, pairs, cfg, *, log=None, state_dir=None, frozen=(), select=None,
+          keep=None) -> dict:
     """Distil `ref_model` into the fake-quant `prepared` for cfg.steps steps (in place).
 
     Loss: `distill_loss` (cfg.distill_loss) to the reference output, plus cfg.gt_weight * L1 to the
@@ -182,7 +211,8 @@ def train(prepared, ref_model, pairs, cfg, *, log=None, state_dir=None, frozen=(
     there. Parameters under the module names in `frozen` are not trained. With `select` (prepared ->
     score, lower is better) and cfg.select_every, the module is scored before the first step and every
     cfg.select_every steps (and after the last); the best-scoring state is loaded at the end
-    ("selection" in the result).
+    ("selection" in the result). `keep(x)` -> (B,) bool: crops it turns down are replaced by other
+    draws (`kept_batch`; counted in "turned_down_crops").
     """
     prefixes = tuple(f"{name}." for name in frozen)
     params = [p for n, p in prepared.named_parameters() if p.requires_grad and not n.startswith(prefixes)]
@@ -199,10 +229,11 @@ def train(prepared, ref_model, pairs, cfg, *, log=None, state_dir=None, frozen=(
     if every and not best:
         best = _scored(prepared, select, 0, {})
     use_gt = cfg.gt_weight > 0 and all(p.gt is not None for p in pairs)
-    skipped = 0
+    skipped = turned_down = 0
     for step in range(start, cfg.steps):
         set_observers(prepared, step < freeze_at)
-        lq, gt = random_batch(pairs, cfg.batch_size, cfg.crop, gen)
+        lq, gt, down = kept_batch(pairs, cfg.batch_size, cfg.crop, gen, keep)
+        turned_down += down
         with torch.no_grad(), recorded_routes() as ref_routes:
             target = run_image(ref_model, lq)
         with recorded_routes() as routes:
@@ -234,7 +265,7 @@ def train(prepared, ref_model, pairs, cfg, *, log=None, state_dir=None, frozen=(
     tail = history[-max(1, len(history) // 10):]
     out = {"steps": cfg.steps, "loss_first": history[0] if history else None,
            "loss_last_10pct": float(np.mean(tail)) if history else None, "resumed_from": start,
-           "skipped_steps": skipped}
+           "skipped_steps": skipped, "turned_down_crops": turned_down}
     if best:
         if best["step"] != cfg.steps:
             prepared.load_state_dict(best["state"])

@@ -151,7 +151,7 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
     the kept training step is chosen on (required then). `state_dir`: resumable training state.
     `log(message)` receives progress lines.
     """
-    from datprl_edge.models.bounds import OUT_OF_RANGE, set_act_bounds, within_bounds
+    from datprl_edge.models.bounds import OUT_OF_RANGE, current_bounds, set_act_bounds, within_bounds
     from datprl_edge.models.context import context_layout
     from datprl_edge.models.registry import model_config
     from datprl_edge.quantize.loop import (
@@ -190,8 +190,11 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
     float_layers = check_float_layers(base, config.float_layers)
     layout = [[name, int(size)] for name, size in context_layout(base)] if config.context else []
     example = example_inputs(base, config.example_size, with_context=bool(layout))
+    def in_bounds(x):
+        return within_bounds(bounded, x)
+
     batches, skipped = calibration_batches(train_pairs, config.calib_batches, config.batch_size, config.crop,
-                                           config.seed, keep=lambda x: within_bounds(bounded, x))
+                                           config.seed, keep=in_bounds)
     ref = bounded if teacher is None else (copy.deepcopy(teacher).eval() if teacher.training else teacher)
     say = log or (lambda _msg: None)
     if skipped:
@@ -202,6 +205,7 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
         config = dataclasses.replace(config, freeze_observers_at=freeze_fraction(config))
 
     selection, search_ref = {}, None  # search_ref: FP32 scores on search_val, computed once
+    turned_down = {}  # training crops left out as calibration crops are (the same draws in every build)
     if config.select_every and config.steps:
         if not search_val:
             raise ConfigError("select_every needs selection pairs apart from the reported ones (search_val, "
@@ -221,7 +225,11 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
             # picks the prompts the FP32 model picks: Adam moves every trained weight by about lr
             # per step, and the top-k prompt choice is discrete.
             stats = train(prepared, ref, train_pairs, config, state_dir=_state_dir(state_dir, floats),
-                          log=progress, frozen=prompt_path_modules(base), select=select)
+                          log=progress, frozen=prompt_path_modules(base), select=select,
+                          keep=in_bounds if current_bounds(bounded) else None)
+            turned_down["crops"] = stats["turned_down_crops"]
+            if stats["turned_down_crops"]:
+                say(f"left {stats['turned_down_crops']} training crop(s) out (past the activation clamps)")
             if "selection" in stats:
                 selection.clear()
                 selection.update(stats["selection"])
@@ -254,6 +262,8 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
         prepared = build(float_layers)
     source = "held-out calibration" if isinstance(val, _HeldOut) else "given"
     metrics = {"val_source": source if val else "none", "calibration_crops_skipped": skipped}
+    if turned_down:
+        metrics["training_crops_skipped"] = turned_down["crops"]
     if selection:
         metrics["selection"] = dict(selection)
     if val:

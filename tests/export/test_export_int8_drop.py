@@ -62,11 +62,14 @@ def test_int8_from_a_float_model_records_its_drop_and_warns(tmp_path, monkeypatc
         ref = model(lq).clamp(0, 1).numpy()
     out = np.clip(session.run(lq.numpy()), 0, 1)
 
-    def psnr(x):
+    def psnr(x, against=None):
+        against = gt.numpy() if against is None else against
         return mean_psnr([image_metrics(g.transpose(1, 2, 0), y.transpose(1, 2, 0), False)[0]
-                          for g, y in zip(gt.numpy(), x)])
+                          for g, y in zip(against, x)])
 
     assert abs((psnr(ref) - psnr(out)) - drop["worst"]) < 0.05
+    # and so is how closely its outputs track the float model's
+    assert abs(psnr(out, ref) - drop["fidelity_db"]["natural/derain"]) < 0.5
 
 
 def test_max_drop_reaches_the_sensitivity_search_with_the_folded_tasks_pairs(monkeypatch):

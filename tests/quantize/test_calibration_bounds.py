@@ -102,3 +102,61 @@ def test_ct_folded_edge_lat_ptq_leaves_out_the_crop_it_clamps(monkeypatch):
     drop, drop_before = fixed.metrics["drop_db"]["worst"], before.metrics["drop_db"]["worst"]
     assert drop < 0.1 and drop_before > 1.0, (drop, drop_before)  # measured: -0.01 and 1.52 dB
 
+
+
+def _darker_than(limit):
+    def keep(x):
+        return x.flatten(1).mean(1) < limit
+    return keep
+
+
+def test_training_batches_replace_turned_down_crops_with_aligned_pairs():
+    from datprl_edge.quantize.loop import kept_batch, random_batch
+
+    pairs = _pairs()
+    lq, gt = random_batch(pairs, 4, SIZE, torch.Generator().manual_seed(0))
+    same = kept_batch(pairs, 4, SIZE, torch.Generator().manual_seed(0), keep=_all)
+    assert same[2] == 0 and torch.equal(same[0], lq) and torch.equal(same[1], gt)
+    keep = _darker_than(lq.flatten(1).mean(1).median())  # turns down about half the crops
+    kept, kept_gt, down = kept_batch(pairs, 4, SIZE, torch.Generator().manual_seed(0), keep=keep)
+    assert down >= 2 and len(kept) == 4 and keep(kept).all()
+    assert ((kept - kept_gt).abs().mean((1, 2, 3)) < 0.06).all()  # each lq with its own gt (noise 0.05)
+    with pytest.raises(ConfigError, match="every training crop drives the float model far outside"):
+        kept_batch(pairs, 4, SIZE, torch.Generator().manual_seed(0), keep=lambda x: ~_all(x))
+
+
+def test_qat_training_leaves_out_the_crops_calibration_leaves_out(monkeypatch):
+    """QAT distils only on crops the float model runs within its clamps, as calibration does: the
+    reference never sees a turned-down crop, and the result counts them."""
+    from datprl_edge.quantize import loop
+    from datprl_edge.quantize.qat import QATConfig
+
+    torch.manual_seed(0)
+    model = create_model("edge-xs").eval()
+    pairs = _pairs()
+    set_act_bounds(model, measure_act_bounds(model, [torch.stack([p.lq[:, :SIZE, :SIZE] for p in pairs])]))
+    limit = float(torch.stack([p.lq.mean() for p in pairs]).median())
+    keep = _darker_than(limit)
+    seen, training = [], {}
+    real_run_image, real_train = loop.run_image, loop.train
+
+    def recording(module, x):
+        if module is training.get("ref"):
+            seen.append(x.clone())
+        return real_run_image(module, x)
+
+    def train(prepared, ref, *args, **kw):
+        training["ref"] = ref
+        try:
+            return real_train(prepared, ref, *args, **kw)
+        finally:
+            training.clear()
+
+    monkeypatch.setattr(loop, "run_image", recording)
+    monkeypatch.setattr(loop, "train", train)
+    monkeypatch.setattr(bounds_module, "within_bounds", lambda _model, x: keep(x))
+    cfg = QATConfig(target="onnx", steps=3, batch_size=4, crop=SIZE, calib_batches=2, val_images=2,
+                    example_size=SIZE, lr=0.0)
+    result = run_qat(model, cfg, pairs, val={"natural/denoise": (pairs[0].lq[None], pairs[0].gt[None])})
+    assert result.metrics["training_crops_skipped"] > 0 and result.metrics["calibration_crops_skipped"] > 0
+    assert len(seen) == 3 and all(keep(x).all() for x in seen)
