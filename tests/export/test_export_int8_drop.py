@@ -129,3 +129,21 @@ def test_a_failed_export_leaves_no_output_folder(tmp_path, monkeypatch):
     with pytest.raises(QualityBudgetError):
         driver.export_model(create_model("edge-xs"), cfg, kept)
     assert kept.is_dir() and not any(kept.iterdir())  # a folder that was there stays
+
+
+def test_export_table_gives_the_drop_and_how_closely_int8_tracks_the_float_model(tmp_path):
+    from datprl_edge.cli.export_cmd import format_reports
+    from datprl_edge.export.driver import ArtifactReport
+    from datprl_edge.export.verify import Verification
+
+    drop = {"tasks": {"remote/dehaze": -0.0862}, "worst": -0.0862, "worst_task": "remote/dehaze",
+            "pairs": "8 held-out val pairs of 128 px per task", "fidelity_db": {"remote/dehaze": 41.52}}
+    check = Verification(precision="int8", reference="fake-quant torch model", numerics_checked=True,
+                         passed=True, threshold_db=40.0, psnr_db=51.04, max_abs_diff=0.0171)
+    report = ArtifactReport("openvino", "int8", tmp_path / "m_openvino_int8.xml", [], 2048, {}, check, {},
+                            {"int8_drop_db": drop})
+    lines = format_reports([report]).splitlines()
+    assert lines[-2:] == [
+        "m_openvino_int8.xml: PSNR drop against the float model, 8 held-out val pairs of 128 px per task: "
+        "remote/dehaze -0.086 dB",
+        "m_openvino_int8.xml: PSNR of its outputs against the float model's: remote/dehaze 41.5 dB"]
