@@ -103,9 +103,9 @@ def random_batch(pairs: list[Pair], batch: int, crop: int, gen: torch.Generator)
 
 
 def kept_batch(pairs: list[Pair], batch: int, crop: int, gen: torch.Generator, keep=None):
-    """(lq, gt or None, how many crops `keep` turned down): `random_batch` with each crop `keep(x)` -> (B,)
-    bool turns down replaced by later draws (at most 8 more batches, so a batch can come out smaller).
-    Without turned-down crops the batch is `random_batch`'s."""
+    """(lq, gt or None, how many crops `keep` turned down): `random_batch`, with the crops that `keep`
+    (x -> (B,) bool) turns down replaced by later draws (at most 8 more batches, so a batch can come
+    out smaller). Without turned-down crops the batch is `random_batch`'s."""
     lq, gt = random_batch(pairs, batch, crop, gen)
     if keep is None:
         return lq, gt, 0

@@ -190,6 +190,7 @@ def run_qat(model, config: QATConfig, calib, teacher=None, val=None, *, search_v
     float_layers = check_float_layers(base, config.float_layers)
     layout = [[name, int(size)] for name, size in context_layout(base)] if config.context else []
     example = example_inputs(base, config.example_size, with_context=bool(layout))
+
     def in_bounds(x):
         return within_bounds(bounded, x)
 
