@@ -103,7 +103,6 @@ def test_ct_folded_edge_lat_ptq_leaves_out_the_crop_it_clamps(monkeypatch):
     assert drop < 0.1 and drop_before > 1.0, (drop, drop_before)  # measured: -0.01 and 1.52 dB
 
 
-
 def _darker_than(limit):
     def keep(x):
         return x.flatten(1).mean(1) < limit
